@@ -1,0 +1,5 @@
+import sys
+
+from selfclassifier.cli import main
+
+sys.exit(main())

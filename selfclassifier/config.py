@@ -1,0 +1,316 @@
+"""Typed configuration: dataclasses with advice in their help text, YAML presets, validation.
+
+A run's configuration is the defaults below, overlaid by a preset (``configs/NAME.yaml`` or a
+YAML file), overlaid by CLI flags and ``--set section.key=value``. Every error names the key
+and what is allowed, in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``str(e)`` is one line naming the key."""
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, list | tuple | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("digits", "'digits', 'fashion_mnist', a folder of IDX files, or a folder of "
+                   "images (class sub-folders give labels for evaluation; any other layout is "
+                   "unlabelled).")
+    split: str = _f("all", "train | test | all. Clustering papers train and score on 'all'.")
+    grayscale: bool | None = _f(None, "Read images as 1 channel. None: grayscale for digits and "
+                                "IDX data, RGB for image folders.")
+    workers: int = _f(2, "DataLoader worker processes for image folders (per process).")
+    strict: bool = _f(False, "Fail before training if any image cannot be decoded, instead of "
+                      "skipping it and listing it in OUT/skipped.txt.")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = _f("resnet18", "Backbone name (see selfclassifier.backbones.BACKBONES). Use "
+                       "*_small or resnet20 for 8-64 px images.")
+    heads: list[int] = _f([1000, 2000, 4000, 8000], "Classes per head. The first head is the one "
+                          "reported as 'the' classifier; extra over-clustering heads help.")
+    hidden_dim: int = _f(4096, "Hidden width of the projection MLP.")
+    out_dim: int = _f(128, "Embedding dimension (the MLP output, L2-normalised).")
+    mlp_layers: int = _f(2, "Linear layers in the projection MLP (>= 1).")
+    batch_norm: bool = _f(True, "BatchNorm in the projection MLP (the paper's choice).")
+    activation: str = _f("leaky_relu", "leaky_relu (paper) | relu | gelu.")
+    freeze_heads: bool = _f(False, "Keep the randomly initialised heads fixed.")
+    sync_bn: bool = _f(True, "Convert BatchNorm to SyncBatchNorm in multi-process runs.")
+
+
+@dataclass
+class LossConfig:
+    row_tau: float = _f(0.1, "Temperature of the row (class) softmax; paper: 0.1.")
+    col_tau: float = _f(0.05, "Temperature of the column (batch) softmax; paper: 0.05. Must be "
+                        "below row_tau or the trivial uniform solution wins.")
+    eps: float = _f(1e-12, "Added inside log(pred).")
+
+
+@dataclass
+class AugmentConfig:
+    pipeline: str = _f("auto", "classic (per-sample, in loader workers) | fast (batched, on the "
+                       "training device) | auto (fast for in-memory data and on GPU).")
+    global_crops: int = _f(2, "Number of global crops (>= 2).")
+    global_size: int = _f(224, "Side of global crops in pixels.")
+    global_scale: list[float] = _f([0.4, 1.0], "Area range of global crops, fraction of image.")
+    local_crops: int = _f(6, "Number of local crops (0 disables multi-crop).")
+    local_size: int = _f(96, "Side of local crops in pixels.")
+    local_scale: list[float] = _f([0.05, 0.4], "Area range of local crops, fraction of image.")
+    ratio: list[float] = _f([0.75, 1.3333333], "Aspect-ratio range of all crops.")
+    hflip: float = _f(0.5, "Horizontal flip probability (0 for digits and text).")
+    rotation: float = _f(0.0, "Max rotation in degrees (small grayscale recipe).")
+    jitter: float = _f(0.8, "Probability of colour jitter.")
+    brightness: float = _f(0.4, "Colour jitter brightness strength.")
+    contrast: float = _f(0.4, "Colour jitter contrast strength.")
+    saturation: float = _f(0.2, "Colour jitter saturation strength (RGB only).")
+    hue: float = _f(0.1, "Colour jitter hue strength (RGB only).")
+    grayscale: float = _f(0.2, "Probability of converting to grayscale (RGB only).")
+    blur: list[float] = _f([1.0, 0.1, 0.5], "Gaussian blur probability for global crop 1, "
+                           "global crop 2 (and further), local crops (DINO's asymmetric recipe).")
+    blur_sigma: list[float] = _f([0.1, 2.0], "Range of the blur's sigma, in pixels of the crop.")
+    solarize: list[float] = _f([0.0, 0.2, 0.0], "Solarisation probability, same layout as blur.")
+    noise: float = _f(0.0, "Std of additive Gaussian pixel noise (0..1 scale) for small images.")
+    mean: list[float] | None = _f(None, "Normalisation mean per channel; None: ImageNet's for RGB, "
+                                  "0.5 for grayscale.")
+    std: list[float] | None = _f(None, "Normalisation std per channel (see mean).")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = _f("sgd", "sgd | adamw | lars (the paper: LARS on SGD).")
+    lr: float = _f(0.3, "Learning rate for a global batch of 256; scaled linearly: "
+                   "lr * batch_size / 256.")
+    min_lr: float = _f(0.0, "LR at the end of the cosine schedule (unscaled).")
+    weight_decay: float = _f(1e-6, "Weight decay; paper: 1e-6.")
+    momentum: float = _f(0.9, "Momentum for sgd and lars.")
+    warmup_epochs: float = _f(10.0, "Linear warmup length in epochs (fractional allowed).")
+    exclude_norm_bias: bool = _f(True, "No weight decay / LARS scaling on biases and norms.")
+    clip_grad: float = _f(0.0, "Clip the gradient norm to this value (0 disables).")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(100, "Training epochs.")
+    batch_size: int = _f(256, "GLOBAL batch size, divided evenly across processes.")
+    seed: int = _f(0, "Seed for weights, data order and augmentations.")
+    device: str = _f("auto", "auto (cuda if available) | cpu | cuda | cuda:N.")
+    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with "
+                        "GradScaler).")
+    queue_size: int = _f(0, "NN queue length in embeddings (0 disables; paper: 262144). Must "
+                         "exceed the global batch.")
+    queue_start_epoch: int = _f(0, "Epoch from which the NN queue is filled and used.")
+    channels_last: bool = _f(True, "channels_last memory format on CUDA.")
+    compile: bool = _f(False, "torch.compile the model (CUDA; measure before keeping it).")
+    grad_checkpointing: bool = _f(False, "Recompute backbone activations in backward to save memory.")
+    checkpoint_every_steps: int = _f(0, "Also checkpoint every N steps (0: once per epoch).")
+    eval_every: int = _f(0, "Every N epochs, log kNN accuracy and head NMI/ACC to metrics.jsonl "
+                         "(needs labels; 0 disables).")
+    deterministic: bool = _f(False, "Deterministic algorithms (bitwise-reproducible on CPU).")
+    skip_nonfinite: bool = _f(False, "Skip steps with a non-finite loss instead of stopping.")
+    log_every: int = _f(10, "Progress-bar / log update interval in steps.")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_types(section_cls) -> dict[str, object]:
+    return typing.get_type_hints(section_cls)
+
+
+def _coerce(key: str, value, hint):
+    """Check ``value`` against the annotation ``hint``; ints are accepted for floats."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: dict) -> Config:
+    """Overlay a nested dict ``{section: {key: value}}`` on ``cfg`` (in place), type-checked."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(overrides).__name__}")
+    for section, values in overrides.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section '{section}'; choose one of: "
+                              f"{', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping of keys")
+        target = getattr(cfg, section)
+        hints = _section_types(type(target))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"unknown config key '{section}.{key}'; keys of '{section}': "
+                                  f"{', '.join(hints)}")
+            setattr(target, key, _coerce(f"{section}.{key}", value, hints[key]))
+    return cfg
+
+
+def parse_set(assignments: list[str]) -> dict:
+    """``["train.epochs=3", "model.heads=[10,20]"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in assignments or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set expects section.key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        section, name = key.strip().split(".", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def preset_path(name_or_file: str) -> Path:
+    path = Path(name_or_file)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file '{name_or_file}' not found")
+        return path
+    path = CONFIG_DIR / f"{name_or_file}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset '{name_or_file}'; choose one of: "
+                          f"{', '.join(list_presets())} or pass a YAML file")
+    return path
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(preset: str | None = "digits", overrides: dict | None = None) -> Config:
+    """Defaults, then the preset (name or YAML path), then ``overrides``; validated."""
+    cfg = Config()
+    if preset:
+        path = preset_path(preset)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}")
+        apply_overrides(cfg, data)
+    if overrides:
+        apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config from ``to_dict()`` output (e.g. stored in a checkpoint)."""
+    return apply_overrides(Config(), data)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _check_scale(key: str, scale: list[float]) -> None:
+    _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+           f"{key} must be [low, high] with 0 < low <= high <= 1, got {scale}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values with one line naming the key and what is allowed."""
+    m, a, o, t, lo = cfg.model, cfg.augment, cfg.optim, cfg.train, cfg.loss
+    _check(len(m.heads) >= 1, "model.heads must list at least one head, e.g. [10]")
+    for i, c in enumerate(m.heads):
+        _check(c >= 2, f"model.heads[{i}] = {c}: a head needs at least 2 classes")
+    _check(m.mlp_layers >= 1, f"model.mlp_layers must be >= 1, got {m.mlp_layers}")
+    _check(m.hidden_dim >= 1 and m.out_dim >= 1, "model.hidden_dim and model.out_dim must be >= 1")
+    _check(m.activation in ("leaky_relu", "relu", "gelu"),
+           f"model.activation must be leaky_relu, relu or gelu, got '{m.activation}'")
+    _check(lo.row_tau > 0, f"loss.row_tau must be > 0, got {lo.row_tau}")
+    _check(lo.col_tau > 0, f"loss.col_tau must be > 0, got {lo.col_tau}")
+    _check(lo.eps >= 0, f"loss.eps must be >= 0, got {lo.eps}")
+    _check(a.pipeline in ("auto", "classic", "fast"),
+           f"augment.pipeline must be auto, classic or fast, got '{a.pipeline}'")
+    _check(a.global_crops >= 2, f"augment.global_crops must be >= 2, got {a.global_crops}")
+    _check(a.local_crops >= 0, f"augment.local_crops must be >= 0, got {a.local_crops}")
+    _check(a.global_size >= 1 and a.local_size >= 1, "augment sizes must be >= 1 pixel")
+    _check_scale("augment.global_scale", a.global_scale)
+    _check_scale("augment.local_scale", a.local_scale)
+    _check(len(a.ratio) == 2 and 0 < a.ratio[0] <= a.ratio[1],
+           f"augment.ratio must be [low, high] with 0 < low <= high, got {a.ratio}")
+    for key in ("hflip", "jitter", "grayscale"):
+        v = getattr(a, key)
+        _check(0 <= v <= 1, f"augment.{key} is a probability in [0, 1], got {v}")
+    for key in ("blur", "solarize"):
+        v = getattr(a, key)
+        _check(len(v) == 3 and all(0 <= p <= 1 for p in v),
+               f"augment.{key} must be 3 probabilities [global1, global2, local], got {v}")
+    _check(o.optimizer in ("sgd", "adamw", "lars"),
+           f"optim.optimizer must be sgd, adamw or lars, got '{o.optimizer}'")
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}")
+    _check(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    _check(t.batch_size >= 2, f"train.batch_size must be >= 2 (the loss normalises over the "
+                              f"batch), got {t.batch_size}")
+    _check(t.queue_size >= 0, f"train.queue_size must be >= 0, got {t.queue_size}")
+    _check(t.queue_size == 0 or t.queue_size > t.batch_size,
+           f"train.queue_size ({t.queue_size}) must exceed train.batch_size ({t.batch_size}) "
+           "or be 0")
+    _check(t.precision in ("auto", "fp32", "bf16", "fp16"),
+           f"train.precision must be auto, fp32, bf16 or fp16, got '{t.precision}'")
+    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+           f"train.device must be auto, cpu, cuda or cuda:N, got '{t.device}'")
+    _check(cfg.data.split in ("train", "test", "all"),
+           f"data.split must be train, test or all, got '{cfg.data.split}'")
+    _check(cfg.data.workers >= 0, f"data.workers must be >= 0, got {cfg.data.workers}")
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

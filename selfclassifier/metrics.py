@@ -1,0 +1,163 @@
+"""Clustering metrics: compare predicted classes (cluster ids) with ground-truth labels.
+
+Every function takes two 1-D integer sequences of the same length N (numpy arrays,
+torch tensors or lists): ``labels`` (ground truth) and ``preds`` (cluster ids). Cluster
+ids are arbitrary names, so every score here is invariant to renaming them.
+Samples whose label is negative (unknown, e.g. an unlabelled image folder) are ignored
+everywhere; if no labelled sample remains a ``ValueError`` is raised.
+
+>>> hungarian_acc([0, 0, 1, 1], [5, 5, 3, 3])
+1.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import (
+    adjusted_mutual_info_score,
+    adjusted_rand_score,
+    normalized_mutual_info_score,
+)
+
+__all__ = [
+    "cluster_metrics",
+    "contingency",
+    "head_metrics",
+    "hungarian_acc",
+    "many_to_one_acc",
+]
+
+
+def _to_int_array(x: Any, name: str) -> np.ndarray:
+    """Any 1-D integer sequence (numpy, torch, list) -> 1-D int64 numpy array."""
+    if hasattr(x, "detach"):  # torch tensor, possibly on GPU; avoids importing torch here
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _labelled(labels: Any, preds: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and drop samples with an unknown (negative) label.
+
+    Returns:
+        (labels, preds), both int64 of shape (M,), M >= 1 the number of labelled samples.
+    """
+    labels = _to_int_array(labels, "labels")
+    preds = _to_int_array(preds, "preds")
+    if labels.shape != preds.shape:
+        raise ValueError(f"labels and preds differ in length: {len(labels)} vs {len(preds)}")
+    known = labels >= 0
+    if not known.any():
+        raise ValueError(
+            f"no labelled samples: all {len(labels)} labels are negative (unknown), "
+            "so there is nothing to score against"
+        )
+    return labels[known], preds[known]
+
+
+def _contingency(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """Contingency matrix of already-filtered labels/preds (see :func:`contingency`)."""
+    label_values, label_idx = np.unique(labels, return_inverse=True)
+    pred_values, pred_idx = np.unique(preds, return_inverse=True)
+    # Ravelled bincount: one pass, no (N, C) one-hot, compact even for huge ids.
+    flat = label_idx * len(pred_values) + pred_idx
+    counts = np.bincount(flat, minlength=len(label_values) * len(pred_values))
+    return counts.reshape(len(label_values), len(pred_values))
+
+
+def contingency(labels: Any, preds: Any) -> np.ndarray:
+    """Counts of (label, pred) pairs over the labelled samples.
+
+    Rows follow the sorted distinct label values, columns the sorted distinct pred
+    values (``np.unique``), so the matrix stays compact for sparse ids such as
+    8000-class heads of which only a few classes are used.
+
+    Returns:
+        int64 array of shape (n_label_values, n_pred_values).
+
+    >>> contingency([0, 0, 1, -1], [7, 3, 3, 3]).tolist()
+    [[1, 1], [1, 0]]
+    """
+    return _contingency(*_labelled(labels, preds))
+
+
+def hungarian_acc(labels: Any, preds: Any) -> float:
+    """Accuracy under the best one-to-one mapping of clusters to labels.
+
+    The mapping maximises the number of correctly assigned samples (Hungarian
+    algorithm on the contingency matrix). With more clusters than labels, clusters
+    left unmatched count as wrong; with fewer, some labels are never predicted.
+
+    >>> hungarian_acc([0, 0, 1, 1], [1, 1, 0, 2])
+    0.75
+    """
+    labels, preds = _labelled(labels, preds)
+    counts = _contingency(labels, preds)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum() / len(labels))
+
+
+def many_to_one_acc(labels: Any, preds: Any) -> float:
+    """Accuracy when each cluster is mapped to its majority label.
+
+    Several clusters may share a label, so over-clustering is not penalised; it is
+    the right score for heads with more classes than the dataset (e.g. 8000 on
+    ImageNet-1k) and is always >= :func:`hungarian_acc`.
+
+    >>> many_to_one_acc([0, 0, 1, 1], [1, 1, 0, 2])
+    1.0
+    """
+    labels, preds = _labelled(labels, preds)
+    return float(_contingency(labels, preds).max(axis=0).sum() / len(labels))
+
+
+def cluster_metrics(labels: Any, preds: Any) -> dict[str, float]:
+    """NMI, AMI, ARI and Hungarian accuracy, the paper's unsupervised-classification scores.
+
+    NMI uses the arithmetic mean normalisation (sklearn's default).
+
+    Returns:
+        ``{"nmi", "ami", "ari", "acc"}``, python floats.
+
+    >>> cluster_metrics([0, 0, 1, 1], [1, 1, 0, 0])
+    {'nmi': 1.0, 'ami': 1.0, 'ari': 1.0, 'acc': 1.0}
+    """
+    labels, preds = _labelled(labels, preds)
+    counts = _contingency(labels, preds)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return {
+        "nmi": float(normalized_mutual_info_score(labels, preds, average_method="arithmetic")),
+        "ami": float(adjusted_mutual_info_score(labels, preds)),
+        "ari": float(adjusted_rand_score(labels, preds)),
+        "acc": float(counts[rows, cols].sum() / len(labels)),
+    }
+
+
+def head_metrics(labels: Any, preds: Any, num_classes: int) -> dict[str, float | int]:
+    """All scores for one classifier head with ``num_classes`` outputs.
+
+    Returns:
+        ``{"classes", "nmi", "ami", "ari", "acc", "active_classes"}`` plus
+        ``"acc_many_to_one"`` when the head has more classes than there are distinct
+        labels (only then can one-to-one accuracy not reach 1 by construction).
+        ``active_classes`` counts the distinct predictions on labelled samples: far
+        below ``num_classes`` means the head collapsed onto few classes.
+
+    >>> m = head_metrics([0, 0, 1, 1], [4, 5, 6, 6], num_classes=10)
+    >>> m["acc"], m["acc_many_to_one"], m["active_classes"]
+    (0.75, 1.0, 3)
+    """
+    labels, preds = _labelled(labels, preds)
+    out: dict[str, float | int] = {"classes": int(num_classes)}
+    out.update(cluster_metrics(labels, preds))
+    if num_classes > len(np.unique(labels)):
+        out["acc_many_to_one"] = many_to_one_acc(labels, preds)
+    out["active_classes"] = len(np.unique(preds))
+    return out

@@ -1,0 +1,553 @@
+"""Training: one readable ``train_one_epoch`` and ``fit()`` around it.
+
+Read top to bottom: build data, model, optimiser; resume if OUT holds a checkpoint; then per
+step: augment -> multi-crop forward (NN queue swap of view 1) -> loss -> backward -> step.
+Every epoch (and every ``checkpoint_every_steps``) the full state is written atomically to
+OUT/checkpoint.pt, so a killed run restarted with the same command continues where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from selfclassifier import dist
+from selfclassifier.augment import BatchedMultiCrop, ClassicMultiCrop
+from selfclassifier.checkpoint import (
+    FORMAT, CheckpointError, build_model, load_checkpoint, load_state, save_atomic,
+)
+from selfclassifier.config import Config, ConfigError, to_yaml
+from selfclassifier.data import ImageFileDataset, TensorImageDataset, build_dataset, is_labelled
+from selfclassifier.inference import dataset_channels, eval_loader, run_model
+from selfclassifier.loss import SelfClassifierLoss
+from selfclassifier.metrics import head_metrics
+from selfclassifier.optim import build_optimizer, cosine_lr, set_lr
+from selfclassifier.queue import NNQueue
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; ``str(e)`` is one line saying why and what to do."""
+
+
+# ----------------------------------------------------------------------------- the network step
+
+
+class MultiCropForward(nn.Module):
+    """What DDP wraps: views -> (logits[head][view], embedding of view 1 before the NN swap)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, views: list[torch.Tensor], queue: NNQueue | None = None):
+        embeddings = self.model.embed_views(views)
+        first = embeddings[0]
+        if queue is not None and queue.full:
+            # The nearest neighbour carries no gradient: view 1's branch then only trains the
+            # heads, while the other views pull the backbone towards the neighbour's class.
+            embeddings = [queue.nearest(first)] + list(embeddings[1:])
+        per_view = [self.model.classify(e) for e in embeddings]
+        logits = [[pv[h] for pv in per_view] for h in range(len(self.model.heads))]
+        return logits, first
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's sample order: a permutation that depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def local_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """This rank's index batches for the epoch: global batches (drop_last), rank's slice.
+
+    Rank r takes rows [r*b, (r+1)*b) of every global batch, so concatenating all ranks' batches
+    in rank order reproduces the single-process batch exactly.
+    """
+    world, b = dist.world_size(), batch_size // dist.world_size()
+    order = epoch_order(n, seed, epoch)
+    steps = n // batch_size
+    r = dist.rank()
+    return [order[s * batch_size + r * b: s * batch_size + (r + 1) * b] for s in range(steps)]
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + index * 104_729) % (2**63 - 1)
+
+
+class _ClassicViews(Dataset):
+    """Per-sample multi-crop with a seed fixed by (seed, epoch, index): resumable anywhere."""
+
+    def __init__(self, ds: Dataset, transform: ClassicMultiCrop, seed: int):
+        self.ds, self.transform, self.seed, self.epoch = ds, transform, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        image, _ = self.ds[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_sample_seed(self.seed, self.epoch, i))
+            return self.transform(image)
+
+
+def _collate_views(samples: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    return [torch.stack(v) for v in zip(*samples, strict=True)]
+
+
+class ViewSource:
+    """Yields the augmented views of each step of an epoch, on the training device.
+
+    In-memory datasets (digits, IDX) are augmented batch-wise on the device with the
+    ``fast`` engine; image folders use loader workers with the ``classic`` engine (or decode
+    in workers and augment batch-wise when the pipeline is ``fast``).
+    """
+
+    def __init__(self, ds: Dataset, cfg: Config, channels: int, device: torch.device):
+        self.ds, self.cfg, self.device = ds, cfg, device
+        pipeline = cfg.augment.pipeline
+        in_memory = isinstance(ds, TensorImageDataset)
+        if pipeline == "auto":
+            pipeline = "fast" if in_memory or device.type == "cuda" else "classic"
+        self.pipeline = pipeline
+        if in_memory:
+            # The whole (small) dataset lives on the device; batches are index lookups.
+            self.images = ds.images.to(device)
+        if pipeline == "fast":
+            self.batched = BatchedMultiCrop(cfg.augment, channels)
+        if not in_memory:
+            if pipeline == "fast":
+                raise ConfigError("augment.pipeline=fast for image folders is not available "
+                                  "yet; use augment.pipeline=classic")
+            self.views = _ClassicViews(ds, ClassicMultiCrop(cfg.augment, channels), cfg.train.seed)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.ds) // self.cfg.train.batch_size
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        cfg = self.cfg
+        batches = local_batches(len(self.ds), cfg.train.batch_size, cfg.train.seed, epoch)
+        batches = batches[start_step:]
+        if isinstance(self.ds, TensorImageDataset):
+            for k, idx in enumerate(batches, start=start_step):
+                g = torch.Generator(device=self.device)
+                g.manual_seed(_sample_seed(cfg.train.seed, epoch, k) + dist.rank())
+                yield self.batched(self.images[idx.to(self.device)], g)
+            return
+        self.views.epoch = epoch
+        loader = DataLoader(
+            self.views, batch_sampler=[b.tolist() for b in batches], collate_fn=_collate_views,
+            num_workers=cfg.data.workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for views in loader:
+            yield [v.to(self.device, non_blocking=True) for v in views]
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclass
+class RunState:
+    """Where training stands: the next (epoch, step) to run and counters."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    skipped_steps: int = 0
+    history: list = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={name} but no CUDA device is available; use "
+                              "--device cpu")
+        if dist.launched_by_torchrun() and name == "cuda":
+            name = f"cuda:{dist.local_rank()}"
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """Holds everything a run needs; ``fit()`` drives it."""
+
+    def __init__(self, cfg: Config, out_dir: str | os.PathLike, log=print):
+        self.cfg, self.out, self.log = cfg, Path(out_dir), log
+        self.device = resolve_device(cfg.train.device)
+        dist.init_from_env(self.device.type)
+        world = dist.world_size()
+        if cfg.train.batch_size % world:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not divide across "
+                              f"{world} processes; use a multiple of {world}")
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg.train.seed)
+        self.main = dist.is_main_process()
+        self._prepare_output()
+
+        grayscale = cfg.data.grayscale
+        mode = "L" if grayscale else "RGB"
+        self.dataset = build_dataset(cfg.data.path, cfg.data.split, mode=mode,
+                                     strict=cfg.data.strict)
+        if grayscale is None and isinstance(self.dataset, ImageFileDataset):
+            pass  # folders default to RGB, already read so
+        self._record_skipped()
+        if len(self.dataset) < cfg.train.batch_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the "
+                              f"{len(self.dataset)} images in '{cfg.data.path}'; lower --batch-size")
+        self.channels = dataset_channels(self.dataset)
+        self.image_size = (self.dataset.image_size if isinstance(self.dataset, TensorImageDataset)
+                           else cfg.augment.global_size)
+
+        self.model = build_model(cfg, self.channels, cfg.augment.global_size).to(self.device)
+        self.queue = (NNQueue(cfg.train.queue_size, cfg.model.out_dim).to(self.device)
+                      if cfg.train.queue_size > 0 else None)
+        self.loss_fn = SelfClassifierLoss(cfg.loss.row_tau, cfg.loss.col_tau, cfg.loss.eps,
+                                          num_global=cfg.augment.global_crops)
+        self.lr = cfg.optim.lr * cfg.train.batch_size / 256
+        self.optimizer = build_optimizer(
+            self.model, cfg.optim.optimizer, self.lr, cfg.optim.weight_decay,
+            cfg.optim.momentum, cfg.optim.exclude_norm_bias, fused=self.device.type == "cuda",
+        )
+        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+        self.source = ViewSource(self.dataset, cfg, self.channels, self.device)
+        self.steps_per_epoch = self.source.steps_per_epoch()
+        if self.steps_per_epoch == 0:
+            raise ConfigError("the dataset is smaller than one batch; lower --batch-size")
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+        self.state = RunState()
+        self._maybe_resume()
+        self.net = self._wrap(MultiCropForward(self.model))
+        self._stop_signal: int | None = None
+
+    # -- setup helpers
+
+    def _prepare_output(self) -> None:
+        if not self.main:
+            return
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise TrainingError(f"output directory '{self.out}' is not writable "
+                                f"({e.strerror or e}); pass --out to a writable directory") from None
+        (self.out / "config.yaml").write_text(to_yaml(self.cfg))
+
+    def _record_skipped(self) -> None:
+        skipped = getattr(self.dataset, "skipped", [])
+        if skipped and self.main:
+            with open(self.out / "skipped.txt", "w", encoding="utf-8", errors="replace") as f:
+                for path, reason in skipped:
+                    f.write(f"{path}\t{reason}\n")
+            self.log(f"warning: skipped {len(skipped)} unreadable image(s), listed in "
+                     f"{self.out / 'skipped.txt'}")
+
+    def _wrap(self, net: nn.Module) -> nn.Module:
+        cfg = self.cfg
+        if self.device.type == "cuda" and cfg.train.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if dist.world_size() > 1:
+            if cfg.model.sync_bn:
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if cfg.train.compile:
+            net = torch.compile(net)
+        return net
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _maybe_resume(self) -> None:
+        path = self.checkpoint_path
+        if not path.is_file():
+            return
+        ckpt = load_checkpoint(path, map_location=self.device)
+        load_state(self.model, ckpt["model"], str(path))
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"optimizer state in '{path}' does not match the config "
+                                  f"({e}); resume with the settings it was saved with") from None
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.queue is not None and ckpt.get("queue") is not None:
+            self.queue.load_state_dict(ckpt["queue"])
+        s = ckpt["state"]
+        self.state = RunState(int(s["epoch"]), int(s["step"]), int(s["global_step"]),
+                              int(s.get("skipped_steps", 0)), list(s.get("history", [])))
+        if "torch_rng" in ckpt:
+            torch.set_rng_state(ckpt["torch_rng"].cpu())
+        if self.state.step >= self.steps_per_epoch:  # saved at an epoch end by an older layout
+            self.state.epoch, self.state.step = self.state.epoch + 1, 0
+        self.log(f"resuming from {path}: epoch {self.state.epoch}, step {self.state.step}")
+
+    # -- checkpoints
+
+    def checkpoint(self) -> dict:
+        return {
+            "format": FORMAT,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "queue": self.queue.state_dict() if self.queue is not None else None,
+            "state": {"epoch": self.state.epoch, "step": self.state.step,
+                      "global_step": self.state.global_step,
+                      "skipped_steps": self.state.skipped_steps, "history": self.state.history},
+            "torch_rng": torch.get_rng_state(),
+            "data": {"channels": self.channels, "image_size": self.image_size,
+                     "classes": list(getattr(self.dataset, "classes", None) or []),
+                     "num_samples": len(self.dataset)},
+            "world_size": dist.world_size(),
+        }
+
+    def save(self) -> None:
+        if self.main:
+            save_atomic(self.checkpoint(), self.checkpoint_path)
+        dist.barrier()
+
+    # -- logging
+
+    def _log_metrics(self, record: dict) -> None:
+        if self.main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- signals
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGTERM / SIGINT ask the loop to checkpoint and stop at the next step boundary."""
+        def ask_stop(signum, frame):
+            self._stop_signal = signum
+
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[sig] = signal.signal(sig, ask_stop)
+            except ValueError:  # not the main thread
+                pass
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    # -- one epoch
+
+    def train_one_epoch(self, epoch: int) -> dict:
+        cfg, state = self.cfg, self.state
+        self.net.train()
+        progress = _Progress(self.steps_per_epoch, epoch, cfg.train.epochs, self.main,
+                             start=state.step)
+        losses = []
+        t_last, seen = time.perf_counter(), 0
+        for views in self.source.epoch(epoch, start_step=state.step):
+            lr = cosine_lr(state.global_step, self.total_steps, self.warmup_steps, self.lr,
+                           cfg.optim.min_lr * cfg.train.batch_size / 256)
+            set_lr(self.optimizer, lr)
+            if self.device.type == "cuda" and cfg.train.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                logits, first = self.net(views, self.queue)
+                loss = self.loss_fn(logits)
+            if not self._finite_or_skip(loss):
+                continue
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.optim.clip_grad > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.queue is not None and epoch >= cfg.train.queue_start_epoch:
+                self.queue.push_global(first.float())
+            state.step += 1
+            state.global_step += 1
+            seen += views[0].shape[0] * dist.world_size()
+            losses.append(loss.detach())
+            if state.step % cfg.train.log_every == 0 or state.step == self.steps_per_epoch:
+                now = time.perf_counter()
+                record = self._step_record(epoch, lr, losses[-1], logits, seen / (now - t_last))
+                t_last, seen = now, 0
+                progress.update(state.step, record)
+            if cfg.train.checkpoint_every_steps and \
+                    state.global_step % cfg.train.checkpoint_every_steps == 0:
+                self.save()
+            if self._stop_signal is not None:
+                break
+        progress.close()
+        mean_loss = float(dist.all_reduce_mean(torch.stack(losses).mean())) if losses else math.nan
+        return {"epoch": epoch, "loss": mean_loss}
+
+    def _finite_or_skip(self, loss: torch.Tensor) -> bool:
+        if torch.isfinite(loss):
+            return True
+        if self.cfg.train.skip_nonfinite:
+            self.state.skipped_steps += 1
+            self.state.step += 1
+            self.state.global_step += 1
+            return False
+        raise TrainingError(
+            f"non-finite loss at epoch {self.state.epoch} step {self.state.step}; the last good "
+            f"checkpoint {self.checkpoint_path} is untouched: resume from it with a lower "
+            "--set optim.lr=..., gradient clipping (--set optim.clip_grad=1.0), "
+            "--set train.precision=fp32, or --set train.skip_nonfinite=true")
+
+    def _step_record(self, epoch, lr, loss, logits, img_per_s) -> dict:
+        classes = int(torch.unique(logits[0][0].argmax(1)).numel())
+        record = {"epoch": epoch, "step": self.state.step, "global_step": self.state.global_step,
+                  "loss": float(dist.all_reduce_mean(loss.float())), "lr": lr,
+                  "img_per_s": round(img_per_s, 1), "active_classes": classes}
+        self._log_metrics(record)
+        return record
+
+    # -- evaluation during and after training
+
+    def evaluate(self, batch_size: int = 512) -> list[dict] | None:
+        """Each head's NMI/AMI/ARI/ACC on the training data (when it has labels)."""
+        if not is_labelled(self.dataset):
+            return None
+        loader = eval_loader(self.dataset, self.cfg.augment, self.channels, batch_size,
+                             self.cfg.data.workers)
+        out = run_model(self.model, loader, self.device, self.cfg.loss.row_tau)
+        return [head_metrics(out.labels.numpy(), p.argmax(1).numpy(), p.shape[1])
+                for p in out.probs]
+
+    # -- the whole run
+
+    def fit(self) -> dict:
+        cfg, state = self.cfg, self.state
+        if self.main:
+            self.log(f"training on {self.device} ({dist.world_size()} process(es)): "
+                     f"{len(self.dataset)} images, {self.steps_per_epoch} steps/epoch, "
+                     f"pipeline {self.source.pipeline}, precision "
+                     f"{self.amp_dtype or torch.float32}")
+        with self._signals():
+            while state.epoch < cfg.train.epochs:
+                epoch = state.epoch
+                t0 = time.perf_counter()
+                summary = self.train_one_epoch(epoch)
+                if self._stop_signal is not None and state.step < self.steps_per_epoch:
+                    self.save()
+                    name = signal.Signals(self._stop_signal).name
+                    raise Interrupted(f"received {name}: checkpoint saved at epoch {epoch} step "
+                                      f"{state.step}; run the same command to resume")
+                state.epoch, state.step = epoch + 1, 0
+                summary["seconds"] = round(time.perf_counter() - t0, 2)
+                if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0:
+                    summary["heads"] = self.evaluate()
+                state.history.append({k: v for k, v in summary.items() if k != "heads"})
+                self._log_metrics({"epoch_end": epoch, **summary})
+                self.save()
+                if self._stop_signal is not None:
+                    raise Interrupted("received a stop signal: checkpoint saved; run the same "
+                                      "command to resume")
+        return self.finish()
+
+    def finish(self) -> dict:
+        result = {"heads": self.evaluate()} if self.main else {}
+        if self.main and result["heads"] is not None:
+            with open(self.out / "eval.json", "w") as f:
+                json.dump(result, f, indent=2)
+        return result
+
+
+class Interrupted(RuntimeError):
+    """A stop signal arrived; the checkpoint is saved."""
+
+
+class _Progress:
+    """tqdm bar on the main process (plain log lines when stderr is not a terminal)."""
+
+    def __init__(self, total: int, epoch: int, epochs: int, enabled: bool, start: int = 0):
+        self.bar = None
+        self.enabled, self.prefix = enabled, f"epoch {epoch + 1}/{epochs}"
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=self.prefix, leave=False)
+        self.last = start
+
+    def update(self, step: int, record: dict) -> None:
+        if not self.enabled:
+            return
+        info = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.3g}",
+                "img/s": f"{record['img_per_s']:.0f}", "classes": record["active_classes"]}
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix(info)
+        self.last = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_table(heads: list[dict]) -> str:
+    cols = ["classes", "nmi", "ami", "ari", "acc", "acc_many_to_one"]
+    lines = ["head  " + "  ".join(f"{c:>15}" if c == "acc_many_to_one" else f"{c:>7}" for c in cols)]
+    for i, h in enumerate(heads):
+        cells = []
+        for c in cols:
+            v = h.get(c)
+            w = 15 if c == "acc_many_to_one" else 7
+            cells.append(f"{'-':>{w}}" if v is None else (f"{v:>{w}d}" if isinstance(v, int)
+                                                          else f"{v:>{w}.4f}"))
+        lines.append(f"{i:>4}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def fit(cfg: Config, out_dir: str | os.PathLike, log=print) -> dict:
+    """Train (resuming from OUT/checkpoint.pt if present) and evaluate; returns eval results."""
+    trainer = Trainer(cfg, out_dir, log)
+    try:
+        return trainer.fit()
+    finally:
+        dist.shutdown()
+
+
+__all__ = ["Trainer", "fit", "MultiCropForward", "local_batches", "epoch_order", "F"]

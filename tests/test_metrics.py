@@ -1,0 +1,142 @@
+"""Known answers and invariances of the clustering metrics."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from selfclassifier.metrics import (
+    cluster_metrics,
+    contingency,
+    head_metrics,
+    hungarian_acc,
+    many_to_one_acc,
+)
+
+FEW = settings(max_examples=30, deadline=None)
+
+
+@st.composite
+def labels_and_preds(draw, max_labels: int = 5, max_clusters: int = 5, max_n: int = 30):
+    """Random (labels, preds) int arrays of equal length, each id range small."""
+    n = draw(st.integers(1, max_n))
+    n_labels = draw(st.integers(1, max_labels))
+    n_clusters = draw(st.integers(1, max_clusters))
+    labels = draw(st.lists(st.integers(0, n_labels - 1), min_size=n, max_size=n))
+    preds = draw(st.lists(st.integers(0, n_clusters - 1), min_size=n, max_size=n))
+    return np.array(labels), np.array(preds)
+
+
+def brute_force_acc(labels: np.ndarray, preds: np.ndarray) -> float:
+    """Best one-to-one mapping by trying every permutation of a zero-padded square."""
+    counts = contingency(labels, preds)
+    size = max(counts.shape)
+    square = np.zeros((size, size), dtype=np.int64)
+    square[: counts.shape[0], : counts.shape[1]] = counts
+    best = max(square[perm, range(size)].sum() for perm in itertools.permutations(range(size)))
+    return best / len(labels)
+
+
+def test_perfect_prediction_scores_one():
+    labels = np.array([0, 0, 1, 1, 2, 2, 2])
+    scores = cluster_metrics(labels, labels)
+    assert scores == pytest.approx({"nmi": 1.0, "ami": 1.0, "ari": 1.0, "acc": 1.0})
+    assert all(type(v) is float for v in scores.values())
+
+
+def test_renamed_clusters_score_one():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    preds = np.array([7, 7, 3, 3, 9, 9])
+    assert cluster_metrics(labels, preds) == pytest.approx(
+        {"nmi": 1.0, "ami": 1.0, "ari": 1.0, "acc": 1.0}
+    )
+
+
+@FEW
+@given(data=labels_and_preds(), seed=st.integers(0, 2**16))
+def test_cluster_permutation_invariance(data, seed):
+    labels, preds = data
+    renamed = np.random.default_rng(seed).permutation(10)[preds]
+    assert cluster_metrics(labels, renamed) == pytest.approx(cluster_metrics(labels, preds))
+
+
+@FEW
+@given(data=labels_and_preds())
+def test_hungarian_matches_brute_force(data):
+    labels, preds = data
+    assert hungarian_acc(labels, preds) == pytest.approx(brute_force_acc(labels, preds))
+
+
+@FEW
+@given(data=labels_and_preds(max_clusters=8))
+def test_many_to_one_bounds_hungarian(data):
+    labels, preds = data
+    assert many_to_one_acc(labels, preds) >= hungarian_acc(labels, preds) - 1e-12
+
+
+def test_over_clustering():
+    # Every class split evenly across two clusters: majority mapping is perfect, a
+    # one-to-one mapping can only claim half of each class.
+    labels = np.repeat([0, 1, 2], 10)
+    preds = labels * 2 + np.tile([0, 1], 15)
+    assert many_to_one_acc(labels, preds) == 1.0
+    assert hungarian_acc(labels, preds) == pytest.approx(0.5)
+
+
+def test_fewer_clusters_than_labels():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    preds = np.array([0, 0, 0, 0, 1, 1])
+    assert hungarian_acc(labels, preds) == pytest.approx(4 / 6)
+    assert many_to_one_acc(labels, preds) == pytest.approx(4 / 6)
+
+
+def test_contingency_is_compact():
+    counts = contingency(np.array([5, 5, 9]), np.array([1000, 3, 3]))
+    np.testing.assert_array_equal(counts, [[1, 1], [1, 0]])
+
+
+def test_unknown_labels_ignored():
+    labels = np.array([0, 0, 1, 1, -1, -1, -5])
+    preds = np.array([1, 1, 0, 0, 0, 1, 2])
+    assert cluster_metrics(labels, preds) == pytest.approx(
+        {"nmi": 1.0, "ami": 1.0, "ari": 1.0, "acc": 1.0}
+    )
+    assert many_to_one_acc(labels, preds) == 1.0
+    assert contingency(labels, preds).sum() == 4
+    # Unlabelled samples' predictions do not count as active classes either.
+    assert head_metrics(labels, preds, num_classes=3)["active_classes"] == 2
+
+
+def test_all_unknown_raises():
+    with pytest.raises(ValueError, match="no labelled samples"):
+        hungarian_acc(np.array([-1, -1]), np.array([0, 1]))
+
+
+def test_mismatched_lengths_raise():
+    with pytest.raises(ValueError, match="differ in length"):
+        cluster_metrics(np.array([0, 1]), np.array([0]))
+
+
+def test_accepts_torch_tensors():
+    labels = torch.tensor([0, 0, 1, 1])
+    preds = torch.tensor([1, 1, 0, 2])
+    assert hungarian_acc(labels, preds) == 0.75
+    assert many_to_one_acc(labels, preds) == 1.0
+
+
+def test_head_metrics_keys():
+    labels = np.array([0, 0, 1, 1])
+    preds = np.array([4, 5, 6, 6])
+    over = head_metrics(labels, preds, num_classes=10)
+    assert over["classes"] == 10
+    assert over["active_classes"] == 3
+    assert over["acc"] == pytest.approx(0.75)
+    assert over["acc_many_to_one"] == 1.0
+    exact = head_metrics(labels, np.array([0, 0, 1, 1]), num_classes=2)
+    assert "acc_many_to_one" not in exact
+    assert set(exact) == {"classes", "nmi", "ami", "ari", "acc", "active_classes"}
