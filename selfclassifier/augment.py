@@ -41,8 +41,9 @@ def view_specs(cfg: AugmentConfig) -> list[ViewSpec]:
     specs = []
     for k in range(cfg.global_crops):
         kind = 0 if k == 0 else 1
-        specs.append(ViewSpec(cfg.global_size, tuple(cfg.global_scale), cfg.blur[kind],
-                              cfg.solarize[kind]))
+        specs.append(
+            ViewSpec(cfg.global_size, tuple(cfg.global_scale), cfg.blur[kind], cfg.solarize[kind])
+        )
     for _ in range(cfg.local_crops):
         specs.append(ViewSpec(cfg.local_size, tuple(cfg.local_scale), cfg.blur[2], cfg.solarize[2]))
     return specs
@@ -56,8 +57,10 @@ def normalization(cfg: AugmentConfig, channels: int) -> tuple[tuple, tuple]:
     else:
         mean, std = (0.5,) * channels, (0.5,) * channels
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"augment.mean/std have {len(mean)} values but images have {channels} "
-                         "channels; give one value per channel")
+        raise ValueError(
+            f"augment.mean/std have {len(mean)} values but images have {channels} "
+            "channels; give one value per channel"
+        )
     return mean, std
 
 
@@ -95,13 +98,19 @@ class ClassicMultiCrop:
 
     @staticmethod
     def _view(cfg: AugmentConfig, spec: ViewSpec, channels: int, mean, std) -> v2.Compose:
-        color = [v2.ColorJitter(cfg.brightness, cfg.contrast,
-                                cfg.saturation if channels == 3 else 0,
-                                cfg.hue if channels == 3 else 0)]
+        color = [
+            v2.ColorJitter(
+                cfg.brightness,
+                cfg.contrast,
+                cfg.saturation if channels == 3 else 0,
+                cfg.hue if channels == 3 else 0,
+            )
+        ]
         ops = [
             v2.ToImage(),
-            v2.RandomResizedCrop(spec.size, scale=spec.scale, ratio=tuple(cfg.ratio),
-                                 antialias=True),
+            v2.RandomResizedCrop(
+                spec.size, scale=spec.scale, ratio=tuple(cfg.ratio), antialias=True
+            ),
         ]
         if cfg.rotation > 0:
             ops.append(v2.RandomRotation(cfg.rotation))
@@ -132,8 +141,10 @@ def eval_transform(cfg: AugmentConfig, channels: int, from_files: bool) -> v2.Co
     ops = [v2.ToImage()]
     # ImageNet convention: resize the short side to size/0.875, then centre-crop; in-memory
     # datasets already have the training resolution's framing.
-    ops += [v2.Resize(int(round(size / 0.875)) if from_files else size, antialias=True),
-            v2.CenterCrop(size)]
+    ops += [
+        v2.Resize(int(round(size / 0.875)) if from_files else size, antialias=True),
+        v2.CenterCrop(size),
+    ]
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(ops)
 
@@ -161,7 +172,9 @@ def random_crop_boxes(n: int, scale, ratio, g: torch.Generator, device, attempts
     w = torch.sqrt(area * r).view(attempts, n)
     h = torch.sqrt(area / r).view(attempts, n)
     fits = (w <= 1) & (h <= 1)
-    first = torch.where(fits.any(0), fits.float().argmax(0), torch.zeros_like(fits[0], dtype=torch.long))
+    first = torch.where(
+        fits.any(0), fits.float().argmax(0), torch.zeros_like(fits[0], dtype=torch.long)
+    )
     pick = lambda t: t.gather(0, first[None])[0]  # noqa: E731
     w, h = pick(w).clamp(max=1), pick(h).clamp(max=1)
     cx = (1 - w) * torch.rand(n, generator=g, device=device) + w / 2
@@ -172,7 +185,7 @@ def random_crop_boxes(n: int, scale, ratio, g: torch.Generator, device, attempts
 def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
@@ -194,11 +207,14 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     f = h * 6.0 - i
     i = i.long() % 6
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = torch.stack([
-        torch.stack([v, q, p, p, t, v], 1),
-        torch.stack([t, v, v, q, p, p], 1),
-        torch.stack([p, p, t, v, v, q], 1),
-    ], 1)  # (B, 3, 6, H, W)
+    table = torch.stack(
+        [
+            torch.stack([v, q, p, p, t, v], 1),
+            torch.stack([t, v, v, q, p, p], 1),
+            torch.stack([p, p, t, v, v, q], 1),
+        ],
+        1,
+    )  # (B, 3, 6, H, W)
     return table.gather(2, i[:, None, None].expand(-1, 3, 1, -1, -1)).squeeze(2)
 
 
@@ -217,8 +233,12 @@ def gaussian_blur_batched(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     k = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, K)
     y = x.reshape(1, b * c, h, w)
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k[:, None, None, :], groups=b * c)
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k[:, None, :, None], groups=b * c)
+    y = F.conv2d(
+        F.pad(y, (radius, radius, 0, 0), mode="reflect"), k[:, None, None, :], groups=b * c
+    )
+    y = F.conv2d(
+        F.pad(y, (0, 0, radius, radius), mode="reflect"), k[:, None, :, None], groups=b * c
+    )
     return y.reshape(b, c, h, w)
 
 
@@ -248,10 +268,13 @@ class BatchedMultiCrop:
         angle = _uniform(n, -self.cfg.rotation, self.cfg.rotation, g, dev) * math.pi / 180
         cos, sin = torch.cos(angle), torch.sin(angle)
         sx, sy = size[:, 0] * flip, size[:, 1]
-        theta = torch.stack([
-            torch.stack([sx * cos, -sy * sin, 2 * centre[:, 0] - 1], 1),
-            torch.stack([sx * sin, sy * cos, 2 * centre[:, 1] - 1], 1),
-        ], 1)
+        theta = torch.stack(
+            [
+                torch.stack([sx * cos, -sy * sin, 2 * centre[:, 0] - 1], 1),
+                torch.stack([sx * sin, sy * cos, 2 * centre[:, 1] - 1], 1),
+            ],
+            1,
+        )
         grid = F.affine_grid(theta, [n, x.shape[1], spec.size, spec.size], align_corners=False)
         src = x
         # Downscaling by more than 2x aliases with bilinear sampling; pre-shrink with area
@@ -259,8 +282,9 @@ class BatchedMultiCrop:
         shrink = int(min(x.shape[-2], x.shape[-1]) * float(size.min()) // (2 * spec.size))
         if shrink >= 2:
             src = F.avg_pool2d(x, shrink, ceil_mode=True)
-        return F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection",
-                             align_corners=False)
+        return F.grid_sample(
+            src, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
 
     def color(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Colour jitter in a random order per batch, each op with per-sample strength."""
@@ -272,8 +296,11 @@ class BatchedMultiCrop:
             ops.append(lambda y, f=f: _blend(y, torch.zeros_like(y), 1 + apply * (f - 1)))
         if cfg.contrast > 0:
             f = _uniform(n, max(0, 1 - cfg.contrast), 1 + cfg.contrast, g, dev)
-            ops.append(lambda y, f=f: _blend(
-                y, _gray(y).mean((1, 2, 3), keepdim=True).expand_as(y), 1 + apply * (f - 1)))
+            ops.append(
+                lambda y, f=f: _blend(
+                    y, _gray(y).mean((1, 2, 3), keepdim=True).expand_as(y), 1 + apply * (f - 1)
+                )
+            )
         if self.channels == 3 and cfg.saturation > 0:
             f = _uniform(n, max(0, 1 - cfg.saturation), 1 + cfg.saturation, g, dev)
             ops.append(lambda y, f=f: _blend(y, _gray(y).expand_as(y), 1 + apply * (f - 1)))

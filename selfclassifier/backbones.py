@@ -132,8 +132,12 @@ def _small_vit(patch: int, dim: int, depth: int, heads: int) -> Callable[[int, i
     def build(in_channels: int, image_size: int) -> nn.Module:
         size = max(patch, image_size - image_size % patch)
         net = torchvision.models.VisionTransformer(
-            image_size=size, patch_size=patch, num_layers=depth, num_heads=heads,
-            hidden_dim=dim, mlp_dim=4 * dim,
+            image_size=size,
+            patch_size=patch,
+            num_layers=depth,
+            num_heads=heads,
+            hidden_dim=dim,
+            mlp_dim=4 * dim,
         )
         return ViTTrunk(net, in_channels)
 

@@ -47,8 +47,10 @@ def save_atomic(obj: dict, path: str | os.PathLike) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise CheckpointError(f"could not write checkpoint '{path}': {e.strerror or e}; the "
-                              "previous checkpoint (if any) is unchanged") from e
+        raise CheckpointError(
+            f"could not write checkpoint '{path}': {e.strerror or e}; the "
+            "previous checkpoint (if any) is unchanged"
+        ) from e
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -65,7 +67,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load_file(path: str | os.PathLike, map_location="cpu") -> dict:
-    """``torch.load(weights_only=True)`` with one-line errors for missing, corrupt or unsafe files."""
+    """``torch.load(weights_only=True)``; one-line errors for missing, corrupt or unsafe files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' not found")
@@ -76,11 +78,13 @@ def load_file(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(
             f"refusing to load '{path}': it holds objects other than tensors and plain data "
             f"({first[:200]}); only load checkpoints you trust, and convert them with "
-            "'selfclassifier convert'") from None
+            "'selfclassifier convert'"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint '{path}' is unreadable or truncated "
-                              f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
-                              ) from None
+        raise CheckpointError(
+            f"checkpoint '{path}' is unreadable or truncated "
+            f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+        ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint '{path}' is not a selfclassifier checkpoint")
     return obj
@@ -90,9 +94,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load and check a selfclassifier checkpoint (see :func:`load_file`)."""
     ckpt = load_file(path, map_location)
     if ckpt.get("format") != FORMAT or "model" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"'{path}' is not a selfclassifier checkpoint (no '{FORMAT}' "
-                              "marker); official Self-Classifier files need 'selfclassifier "
-                              "convert' first")
+        raise CheckpointError(
+            f"'{path}' is not a selfclassifier checkpoint (no '{FORMAT}' "
+            "marker); official Self-Classifier files need 'selfclassifier "
+            "convert' first"
+        )
     return ckpt
 
 
@@ -107,8 +113,13 @@ def build_model(cfg: Config, channels: int, image_size: int) -> SelfClassifier:
     m = cfg.model
     return SelfClassifier(
         build_backbone(m.backbone, channels, image_size),
-        heads=m.heads, hidden_dim=m.hidden_dim, out_dim=m.out_dim, mlp_layers=m.mlp_layers,
-        batch_norm=m.batch_norm, activation=m.activation, freeze_heads=m.freeze_heads,
+        heads=m.heads,
+        hidden_dim=m.hidden_dim,
+        out_dim=m.out_dim,
+        mlp_layers=m.mlp_layers,
+        batch_norm=m.batch_norm,
+        activation=m.activation,
+        freeze_heads=m.freeze_heads,
     )
 
 
@@ -120,10 +131,14 @@ def load_state(model: torch.nn.Module, state: dict, source: str) -> None:
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or wrong:
-        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} "
-                  f"mis-shaped tensors; e.g. {(wrong or missing or unexpected)[0]}")
-        raise CheckpointError(f"checkpoint '{source}' does not match this model's architecture "
-                              f"({detail}); use the same model settings it was trained with")
+        detail = (
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} "
+            f"mis-shaped tensors; e.g. {(wrong or missing or unexpected)[0]}"
+        )
+        raise CheckpointError(
+            f"checkpoint '{source}' does not match this model's architecture "
+            f"({detail}); use the same model settings it was trained with"
+        )
     model.load_state_dict(state)
 
 

@@ -19,11 +19,16 @@ class CLIError(Exception):
 
 
 def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a Self-Classifier (resumes if OUT has a checkpoint)",
-                       description="Train on a dataset; at the end write OUT/eval.json when "
-                                   "labels are known.")
-    p.add_argument("--config", default="digits",
-                   help=f"preset name ({', '.join(list_presets())}) or a YAML file")
+    p = sub.add_parser(
+        "train",
+        help="train a Self-Classifier (resumes if OUT has a checkpoint)",
+        description="Train on a dataset; at the end write OUT/eval.json when labels are known.",
+    )
+    p.add_argument(
+        "--config",
+        default="digits",
+        help=f"preset name ({', '.join(list_presets())}) or a YAML file",
+    )
     p.add_argument("--data", help="'digits', 'fashion_mnist', an IDX folder or an image folder")
     p.add_argument("--split", choices=["train", "test", "all"], help="data split to train on")
     p.add_argument("--out", default="runs/default", help="output directory (default runs/default)")
@@ -36,23 +41,43 @@ def _train_parser(sub) -> None:
     p.add_argument("--eval-every", type=int, help="log kNN/NMI/ACC every N epochs")
     p.add_argument("--checkpoint-every-steps", type=int)
     p.add_argument("--deterministic", action="store_true", default=None)
-    p.add_argument("--strict", action="store_true", default=None,
-                   help="fail before training if any image is unreadable")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="fail before training if any image is unreadable",
+    )
     p.add_argument("--skip-nonfinite", action="store_true", default=None)
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="resume (automatic when OUT/checkpoint.pt exists); with a path, copy "
-                        "that checkpoint into OUT first")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config key, e.g. --set model.heads=[10,20]")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CHECKPOINT",
+        help="resume (automatic when OUT/checkpoint.pt exists); with a path, copy "
+        "that checkpoint into OUT first",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config key, e.g. --set model.heads=[10,20]",
+    )
     p.set_defaults(func=cmd_train)
 
 
 def _cli_overrides(args) -> dict:
     flags = {
-        ("data", "path"): args.data, ("data", "split"): args.split,
-        ("data", "workers"): args.workers, ("data", "strict"): args.strict,
-        ("train", "epochs"): args.epochs, ("train", "batch_size"): args.batch_size,
-        ("optim", "lr"): args.lr, ("train", "device"): args.device, ("train", "seed"): args.seed,
+        ("data", "path"): args.data,
+        ("data", "split"): args.split,
+        ("data", "workers"): args.workers,
+        ("data", "strict"): args.strict,
+        ("train", "epochs"): args.epochs,
+        ("train", "batch_size"): args.batch_size,
+        ("optim", "lr"): args.lr,
+        ("train", "device"): args.device,
+        ("train", "seed"): args.seed,
         ("train", "eval_every"): args.eval_every,
         ("train", "checkpoint_every_steps"): args.checkpoint_every_steps,
         ("train", "deterministic"): args.deterministic,
@@ -95,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfclassifier",
         description="Self-Classifier: discover classes and learn representations from "
-                    "unlabelled images in one end-to-end stage.")
+        "unlabelled images in one end-to-end stage.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     return parser

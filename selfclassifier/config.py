@@ -29,23 +29,37 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class DataConfig:
-    path: str = _f("digits", "'digits', 'fashion_mnist', a folder of IDX files, or a folder of "
-                   "images (class sub-folders give labels for evaluation; any other layout is "
-                   "unlabelled).")
+    path: str = _f(
+        "digits",
+        "'digits', 'fashion_mnist', a folder of IDX files, or a folder of "
+        "images (class sub-folders give labels for evaluation; any other layout is "
+        "unlabelled).",
+    )
     split: str = _f("all", "train | test | all. Clustering papers train and score on 'all'.")
-    grayscale: bool | None = _f(None, "Read images as 1 channel. None: grayscale for digits and "
-                                "IDX data, RGB for image folders.")
+    grayscale: bool | None = _f(
+        None,
+        "Read images as 1 channel. None: grayscale for digits and IDX data, RGB for image folders.",
+    )
     workers: int = _f(2, "DataLoader worker processes for image folders (per process).")
-    strict: bool = _f(False, "Fail before training if any image cannot be decoded, instead of "
-                      "skipping it and listing it in OUT/skipped.txt.")
+    strict: bool = _f(
+        False,
+        "Fail before training if any image cannot be decoded, instead of "
+        "skipping it and listing it in OUT/skipped.txt.",
+    )
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = _f("resnet18", "Backbone name (see selfclassifier.backbones.BACKBONES). Use "
-                       "*_small or resnet20 for 8-64 px images.")
-    heads: list[int] = _f([1000, 2000, 4000, 8000], "Classes per head. The first head is the one "
-                          "reported as 'the' classifier; extra over-clustering heads help.")
+    backbone: str = _f(
+        "resnet18",
+        "Backbone name (see selfclassifier.backbones.BACKBONES). Use "
+        "*_small or resnet20 for 8-64 px images.",
+    )
+    heads: list[int] = _f(
+        [1000, 2000, 4000, 8000],
+        "Classes per head. The first head is the one "
+        "reported as 'the' classifier; extra over-clustering heads help.",
+    )
     hidden_dim: int = _f(4096, "Hidden width of the projection MLP.")
     out_dim: int = _f(128, "Embedding dimension (the MLP output, L2-normalised).")
     mlp_layers: int = _f(2, "Linear layers in the projection MLP (>= 1).")
@@ -58,15 +72,21 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     row_tau: float = _f(0.1, "Temperature of the row (class) softmax; paper: 0.1.")
-    col_tau: float = _f(0.05, "Temperature of the column (batch) softmax; paper: 0.05. Must be "
-                        "below row_tau or the trivial uniform solution wins.")
+    col_tau: float = _f(
+        0.05,
+        "Temperature of the column (batch) softmax; paper: 0.05. Must be "
+        "below row_tau or the trivial uniform solution wins.",
+    )
     eps: float = _f(1e-12, "Added inside log(pred).")
 
 
 @dataclass
 class AugmentConfig:
-    pipeline: str = _f("auto", "classic (per-sample, in loader workers) | fast (batched, on the "
-                       "training device) | auto (fast for in-memory data and on GPU).")
+    pipeline: str = _f(
+        "auto",
+        "classic (per-sample, in loader workers) | fast (batched, on the "
+        "training device) | auto (fast for in-memory data and on GPU).",
+    )
     global_crops: int = _f(2, "Number of global crops (>= 2).")
     global_size: int = _f(224, "Side of global crops in pixels.")
     global_scale: list[float] = _f([0.4, 1.0], "Area range of global crops, fraction of image.")
@@ -82,21 +102,26 @@ class AugmentConfig:
     saturation: float = _f(0.2, "Colour jitter saturation strength (RGB only).")
     hue: float = _f(0.1, "Colour jitter hue strength (RGB only).")
     grayscale: float = _f(0.2, "Probability of converting to grayscale (RGB only).")
-    blur: list[float] = _f([1.0, 0.1, 0.5], "Gaussian blur probability for global crop 1, "
-                           "global crop 2 (and further), local crops (DINO's asymmetric recipe).")
+    blur: list[float] = _f(
+        [1.0, 0.1, 0.5],
+        "Gaussian blur probability for global crop 1, "
+        "global crop 2 (and further), local crops (DINO's asymmetric recipe).",
+    )
     blur_sigma: list[float] = _f([0.1, 2.0], "Range of the blur's sigma, in pixels of the crop.")
     solarize: list[float] = _f([0.0, 0.2, 0.0], "Solarisation probability, same layout as blur.")
     noise: float = _f(0.0, "Std of additive Gaussian pixel noise (0..1 scale) for small images.")
-    mean: list[float] | None = _f(None, "Normalisation mean per channel; None: ImageNet's for RGB, "
-                                  "0.5 for grayscale.")
+    mean: list[float] | None = _f(
+        None, "Normalisation mean per channel; None: ImageNet's for RGB, 0.5 for grayscale."
+    )
     std: list[float] | None = _f(None, "Normalisation std per channel (see mean).")
 
 
 @dataclass
 class OptimConfig:
     optimizer: str = _f("sgd", "sgd | adamw | lars (the paper: LARS on SGD).")
-    lr: float = _f(0.3, "Learning rate for a global batch of 256; scaled linearly: "
-                   "lr * batch_size / 256.")
+    lr: float = _f(
+        0.3, "Learning rate for a global batch of 256; scaled linearly: lr * batch_size / 256."
+    )
     min_lr: float = _f(0.0, "LR at the end of the cosine schedule (unscaled).")
     weight_decay: float = _f(1e-6, "Weight decay; paper: 1e-6.")
     momentum: float = _f(0.9, "Momentum for sgd and lars.")
@@ -111,17 +136,25 @@ class TrainConfig:
     batch_size: int = _f(256, "GLOBAL batch size, divided evenly across processes.")
     seed: int = _f(0, "Seed for weights, data order and augmentations.")
     device: str = _f("auto", "auto (cuda if available) | cpu | cuda | cuda:N.")
-    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with "
-                        "GradScaler).")
-    queue_size: int = _f(0, "NN queue length in embeddings (0 disables; paper: 262144). Must "
-                         "exceed the global batch.")
+    precision: str = _f(
+        "auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with GradScaler)."
+    )
+    queue_size: int = _f(
+        0,
+        "NN queue length in embeddings (0 disables; paper: 262144). Must exceed the global batch.",
+    )
     queue_start_epoch: int = _f(0, "Epoch from which the NN queue is filled and used.")
     channels_last: bool = _f(True, "channels_last memory format on CUDA.")
     compile: bool = _f(False, "torch.compile the model (CUDA; measure before keeping it).")
-    grad_checkpointing: bool = _f(False, "Recompute backbone activations in backward to save memory.")
+    grad_checkpointing: bool = _f(
+        False, "Recompute backbone activations in backward to save memory."
+    )
     checkpoint_every_steps: int = _f(0, "Also checkpoint every N steps (0: once per epoch).")
-    eval_every: int = _f(0, "Every N epochs, log kNN accuracy and head NMI/ACC to metrics.jsonl "
-                         "(needs labels; 0 disables).")
+    eval_every: int = _f(
+        0,
+        "Every N epochs, log kNN accuracy and head NMI/ACC to metrics.jsonl "
+        "(needs labels; 0 disables).",
+    )
     deterministic: bool = _f(False, "Deterministic algorithms (bitwise-reproducible on CPU).")
     skip_nonfinite: bool = _f(False, "Skip steps with a non-finite loss instead of stopping.")
     log_every: int = _f(10, "Progress-bar / log update interval in steps.")
@@ -184,16 +217,18 @@ def apply_overrides(cfg: Config, overrides: dict) -> Config:
         raise ConfigError(f"config must be a mapping of sections, got {type(overrides).__name__}")
     for section, values in overrides.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section '{section}'; choose one of: "
-                              f"{', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section '{section}'; choose one of: {', '.join(SECTIONS)}"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"config section '{section}' must be a mapping of keys")
         target = getattr(cfg, section)
         hints = _section_types(type(target))
         for key, value in values.items():
             if key not in hints:
-                raise ConfigError(f"unknown config key '{section}.{key}'; keys of '{section}': "
-                                  f"{', '.join(hints)}")
+                raise ConfigError(
+                    f"unknown config key '{section}.{key}'; keys of '{section}': {', '.join(hints)}"
+                )
             setattr(target, key, _coerce(f"{section}.{key}", value, hints[key]))
     return cfg
 
@@ -222,8 +257,10 @@ def preset_path(name_or_file: str) -> Path:
         return path
     path = CONFIG_DIR / f"{name_or_file}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset '{name_or_file}'; choose one of: "
-                          f"{', '.join(list_presets())} or pass a YAML file")
+        raise ConfigError(
+            f"unknown preset '{name_or_file}'; choose one of: "
+            f"{', '.join(list_presets())} or pass a YAML file"
+        )
     return path
 
 
@@ -239,7 +276,9 @@ def load_config(preset: str | None = "digits", overrides: dict | None = None) ->
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}")
+            raise ConfigError(
+                f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}"
+            ) from None
         apply_overrides(cfg, data)
     if overrides:
         apply_overrides(cfg, overrides)
@@ -258,8 +297,10 @@ def _check(ok: bool, msg: str) -> None:
 
 
 def _check_scale(key: str, scale: list[float]) -> None:
-    _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
-           f"{key} must be [low, high] with 0 < low <= high <= 1, got {scale}")
+    _check(
+        len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+        f"{key} must be [low, high] with 0 < low <= high <= 1, got {scale}",
+    )
 
 
 def validate(cfg: Config) -> None:
@@ -270,45 +311,64 @@ def validate(cfg: Config) -> None:
         _check(c >= 2, f"model.heads[{i}] = {c}: a head needs at least 2 classes")
     _check(m.mlp_layers >= 1, f"model.mlp_layers must be >= 1, got {m.mlp_layers}")
     _check(m.hidden_dim >= 1 and m.out_dim >= 1, "model.hidden_dim and model.out_dim must be >= 1")
-    _check(m.activation in ("leaky_relu", "relu", "gelu"),
-           f"model.activation must be leaky_relu, relu or gelu, got '{m.activation}'")
+    _check(
+        m.activation in ("leaky_relu", "relu", "gelu"),
+        f"model.activation must be leaky_relu, relu or gelu, got '{m.activation}'",
+    )
     _check(lo.row_tau > 0, f"loss.row_tau must be > 0, got {lo.row_tau}")
     _check(lo.col_tau > 0, f"loss.col_tau must be > 0, got {lo.col_tau}")
     _check(lo.eps >= 0, f"loss.eps must be >= 0, got {lo.eps}")
-    _check(a.pipeline in ("auto", "classic", "fast"),
-           f"augment.pipeline must be auto, classic or fast, got '{a.pipeline}'")
+    _check(
+        a.pipeline in ("auto", "classic", "fast"),
+        f"augment.pipeline must be auto, classic or fast, got '{a.pipeline}'",
+    )
     _check(a.global_crops >= 2, f"augment.global_crops must be >= 2, got {a.global_crops}")
     _check(a.local_crops >= 0, f"augment.local_crops must be >= 0, got {a.local_crops}")
     _check(a.global_size >= 1 and a.local_size >= 1, "augment sizes must be >= 1 pixel")
     _check_scale("augment.global_scale", a.global_scale)
     _check_scale("augment.local_scale", a.local_scale)
-    _check(len(a.ratio) == 2 and 0 < a.ratio[0] <= a.ratio[1],
-           f"augment.ratio must be [low, high] with 0 < low <= high, got {a.ratio}")
+    _check(
+        len(a.ratio) == 2 and 0 < a.ratio[0] <= a.ratio[1],
+        f"augment.ratio must be [low, high] with 0 < low <= high, got {a.ratio}",
+    )
     for key in ("hflip", "jitter", "grayscale"):
         v = getattr(a, key)
         _check(0 <= v <= 1, f"augment.{key} is a probability in [0, 1], got {v}")
     for key in ("blur", "solarize"):
         v = getattr(a, key)
-        _check(len(v) == 3 and all(0 <= p <= 1 for p in v),
-               f"augment.{key} must be 3 probabilities [global1, global2, local], got {v}")
-    _check(o.optimizer in ("sgd", "adamw", "lars"),
-           f"optim.optimizer must be sgd, adamw or lars, got '{o.optimizer}'")
+        _check(
+            len(v) == 3 and all(0 <= p <= 1 for p in v),
+            f"augment.{key} must be 3 probabilities [global1, global2, local], got {v}",
+        )
+    _check(
+        o.optimizer in ("sgd", "adamw", "lars"),
+        f"optim.optimizer must be sgd, adamw or lars, got '{o.optimizer}'",
+    )
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}")
     _check(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
-    _check(t.batch_size >= 2, f"train.batch_size must be >= 2 (the loss normalises over the "
-                              f"batch), got {t.batch_size}")
+    _check(
+        t.batch_size >= 2,
+        f"train.batch_size must be >= 2 (the loss normalises over the batch), got {t.batch_size}",
+    )
     _check(t.queue_size >= 0, f"train.queue_size must be >= 0, got {t.queue_size}")
-    _check(t.queue_size == 0 or t.queue_size > t.batch_size,
-           f"train.queue_size ({t.queue_size}) must exceed train.batch_size ({t.batch_size}) "
-           "or be 0")
-    _check(t.precision in ("auto", "fp32", "bf16", "fp16"),
-           f"train.precision must be auto, fp32, bf16 or fp16, got '{t.precision}'")
-    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
-           f"train.device must be auto, cpu, cuda or cuda:N, got '{t.device}'")
-    _check(cfg.data.split in ("train", "test", "all"),
-           f"data.split must be train, test or all, got '{cfg.data.split}'")
+    _check(
+        t.queue_size == 0 or t.queue_size > t.batch_size,
+        f"train.queue_size ({t.queue_size}) must exceed train.batch_size ({t.batch_size}) or be 0",
+    )
+    _check(
+        t.precision in ("auto", "fp32", "bf16", "fp16"),
+        f"train.precision must be auto, fp32, bf16 or fp16, got '{t.precision}'",
+    )
+    _check(
+        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+        f"train.device must be auto, cpu, cuda or cuda:N, got '{t.device}'",
+    )
+    _check(
+        cfg.data.split in ("train", "test", "all"),
+        f"data.split must be train, test or all, got '{cfg.data.split}'",
+    )
     _check(cfg.data.workers >= 0, f"data.workers must be >= 0, got {cfg.data.workers}")
 
 

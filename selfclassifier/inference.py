@@ -41,13 +41,15 @@ class _Transformed(Dataset):
         return self.transform(image), label
 
 
-def eval_loader(ds: Dataset, aug: AugmentConfig, channels: int, batch_size: int,
-                workers: int = 0) -> DataLoader:
+def eval_loader(
+    ds: Dataset, aug: AugmentConfig, channels: int, batch_size: int, workers: int = 0
+) -> DataLoader:
     """Deterministic (no augmentation) loader over ``ds`` at the training resolution."""
     from_files = isinstance(ds, ImageFileDataset)
     transformed = _Transformed(ds, eval_transform(aug, channels, from_files))
-    return DataLoader(transformed, batch_size=batch_size, shuffle=False,
-                      num_workers=workers if from_files else 0)
+    return DataLoader(
+        transformed, batch_size=batch_size, shuffle=False, num_workers=workers if from_files else 0
+    )
 
 
 @torch.no_grad()
@@ -65,8 +67,9 @@ def run_model(model: SelfClassifier, loader, device: torch.device, row_tau: floa
         feats.append(f.float().cpu())
         embs.append(e.float().cpu())
         labels.append(torch.as_tensor(target).long())
-    return Outputs(torch.cat(feats), torch.cat(embs), [torch.cat(p) for p in probs],
-                   torch.cat(labels))
+    return Outputs(
+        torch.cat(feats), torch.cat(embs), [torch.cat(p) for p in probs], torch.cat(labels)
+    )
 
 
 def dataset_channels(ds: Dataset) -> int:

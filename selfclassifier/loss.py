@@ -93,7 +93,8 @@ def self_classifier_loss(
             ]
             log_preds = [
                 torch.log(
-                    (n / c) * dist.local_rows(F.normalize(F.softmax(s / row_tau, dim=1), p=1, dim=0), rows)
+                    (n / c)
+                    * dist.local_rows(F.normalize(F.softmax(s / row_tau, dim=1), p=1, dim=0), rows)
                     + eps
                 )
                 for s in views

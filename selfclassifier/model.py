@@ -30,7 +30,11 @@ class NormalizedLinear(nn.Module):
 
 
 def projection_mlp(
-    in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, batch_norm: bool = True,
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    layers: int = 2,
+    batch_norm: bool = True,
     activation: str = "leaky_relu",
 ) -> nn.Sequential:
     """``layers`` linear layers; every one but the last is followed by BN and the activation."""

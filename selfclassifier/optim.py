@@ -15,10 +15,23 @@ class LARS(torch.optim.Optimizer):
     ``lars_exclude=True`` (biases, norm layers, as in the paper's recipe) take plain SGD steps.
     """
 
-    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, eps: float = 1e-8):
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False)
+    def __init__(
+        self,
+        params,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-8,
+    ):
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            lars_exclude=False,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -66,9 +79,15 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: b
     return groups
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    momentum: float = 0.9, exclude_norm_bias: bool = True,
-                    fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    exclude_norm_bias: bool = True,
+    fused: bool = False,
+) -> torch.optim.Optimizer:
     groups = parameter_groups(model, weight_decay, exclude_norm_bias)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -83,8 +102,14 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     raise ValueError(f"unknown optimizer '{name}'; choose one of: sgd, adamw, lars")
 
 
-def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float,
-              final_lr: float = 0.0, start_lr: float = 0.0) -> float:
+def cosine_lr(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    base_lr: float,
+    final_lr: float = 0.0,
+    start_lr: float = 0.0,
+) -> float:
     """Linear warmup from ``start_lr`` to ``base_lr``, then cosine decay to ``final_lr``.
 
     >>> [round(cosine_lr(s, 10, 2, 1.0), 3) for s in (0, 1, 2, 6, 10)]

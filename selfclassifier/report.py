@@ -509,8 +509,8 @@ table.metrics caption { text-align: left; color: var(--muted); font-size: 12px;
 table.metrics th, table.metrics td { border: 1px solid var(--line); padding: 4px 12px;
   text-align: left; }
 table.metrics td { font-variant-numeric: tabular-nums; text-align: right; }
-figure.chart { width: fit-content; max-width: 100%; margin: 0 0 20px; border: 1px solid var(--line); border-radius: 8px;
-  padding: 10px; }
+figure.chart { width: fit-content; max-width: 100%; margin: 0 0 20px;
+  border: 1px solid var(--line); border-radius: 8px; padding: 10px; }
 figure.chart svg { max-width: 100%; height: auto; display: block; }
 figure.chart rect { fill: var(--accent); }
 figure.chart a:hover rect { fill: #e36209; }

@@ -26,7 +26,12 @@ from torch.utils.data import DataLoader, Dataset
 from selfclassifier import dist
 from selfclassifier.augment import BatchedMultiCrop, ClassicMultiCrop
 from selfclassifier.checkpoint import (
-    FORMAT, CheckpointError, build_model, load_checkpoint, load_state, save_atomic,
+    FORMAT,
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    load_state,
+    save_atomic,
 )
 from selfclassifier.config import Config, ConfigError, to_yaml
 from selfclassifier.data import ImageFileDataset, TensorImageDataset, build_dataset, is_labelled
@@ -78,11 +83,11 @@ def local_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.
     Rank r takes rows [r*b, (r+1)*b) of every global batch, so concatenating all ranks' batches
     in rank order reproduces the single-process batch exactly.
     """
-    world, b = dist.world_size(), batch_size // dist.world_size()
+    b = batch_size // dist.world_size()
     order = epoch_order(n, seed, epoch)
     steps = n // batch_size
     r = dist.rank()
-    return [order[s * batch_size + r * b: s * batch_size + (r + 1) * b] for s in range(steps)]
+    return [order[s * batch_size + r * b : s * batch_size + (r + 1) * b] for s in range(steps)]
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -131,8 +136,10 @@ class ViewSource:
             self.batched = BatchedMultiCrop(cfg.augment, channels)
         if not in_memory:
             if pipeline == "fast":
-                raise ConfigError("augment.pipeline=fast for image folders is not available "
-                                  "yet; use augment.pipeline=classic")
+                raise ConfigError(
+                    "augment.pipeline=fast for image folders is not available "
+                    "yet; use augment.pipeline=classic"
+                )
             self.views = _ClassicViews(ds, ClassicMultiCrop(cfg.augment, channels), cfg.train.seed)
 
     def steps_per_epoch(self) -> int:
@@ -150,8 +157,11 @@ class ViewSource:
             return
         self.views.epoch = epoch
         loader = DataLoader(
-            self.views, batch_sampler=[b.tolist() for b in batches], collate_fn=_collate_views,
-            num_workers=cfg.data.workers, pin_memory=self.device.type == "cuda",
+            self.views,
+            batch_sampler=[b.tolist() for b in batches],
+            collate_fn=_collate_views,
+            num_workers=cfg.data.workers,
+            pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
         for views in loader:
@@ -177,8 +187,9 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={name} but no CUDA device is available; use "
-                              "--device cpu")
+            raise ConfigError(
+                f"train.device={name} but no CUDA device is available; use --device cpu"
+            )
         if dist.launched_by_torchrun() and name == "cuda":
             name = f"cuda:{dist.local_rank()}"
     return torch.device(name)
@@ -212,8 +223,10 @@ class Trainer:
         dist.init_from_env(self.device.type)
         world = dist.world_size()
         if cfg.train.batch_size % world:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not divide across "
-                              f"{world} processes; use a multiple of {world}")
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} does not divide across "
+                f"{world} processes; use a multiple of {world}"
+            )
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.train.seed)
@@ -222,31 +235,47 @@ class Trainer:
 
         grayscale = cfg.data.grayscale
         mode = "L" if grayscale else "RGB"
-        self.dataset = build_dataset(cfg.data.path, cfg.data.split, mode=mode,
-                                     strict=cfg.data.strict)
+        self.dataset = build_dataset(
+            cfg.data.path, cfg.data.split, mode=mode, strict=cfg.data.strict
+        )
         if grayscale is None and isinstance(self.dataset, ImageFileDataset):
             pass  # folders default to RGB, already read so
         self._record_skipped()
         if len(self.dataset) < cfg.train.batch_size:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the "
-                              f"{len(self.dataset)} images in '{cfg.data.path}'; lower --batch-size")
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} exceeds the "
+                f"{len(self.dataset)} images in '{cfg.data.path}'; lower --batch-size"
+            )
         self.channels = dataset_channels(self.dataset)
-        self.image_size = (self.dataset.image_size if isinstance(self.dataset, TensorImageDataset)
-                           else cfg.augment.global_size)
+        self.image_size = (
+            self.dataset.image_size
+            if isinstance(self.dataset, TensorImageDataset)
+            else cfg.augment.global_size
+        )
 
         self.model = build_model(cfg, self.channels, cfg.augment.global_size).to(self.device)
-        self.queue = (NNQueue(cfg.train.queue_size, cfg.model.out_dim).to(self.device)
-                      if cfg.train.queue_size > 0 else None)
-        self.loss_fn = SelfClassifierLoss(cfg.loss.row_tau, cfg.loss.col_tau, cfg.loss.eps,
-                                          num_global=cfg.augment.global_crops)
+        self.queue = (
+            NNQueue(cfg.train.queue_size, cfg.model.out_dim).to(self.device)
+            if cfg.train.queue_size > 0
+            else None
+        )
+        self.loss_fn = SelfClassifierLoss(
+            cfg.loss.row_tau, cfg.loss.col_tau, cfg.loss.eps, num_global=cfg.augment.global_crops
+        )
         self.lr = cfg.optim.lr * cfg.train.batch_size / 256
         self.optimizer = build_optimizer(
-            self.model, cfg.optim.optimizer, self.lr, cfg.optim.weight_decay,
-            cfg.optim.momentum, cfg.optim.exclude_norm_bias, fused=self.device.type == "cuda",
+            self.model,
+            cfg.optim.optimizer,
+            self.lr,
+            cfg.optim.weight_decay,
+            cfg.optim.momentum,
+            cfg.optim.exclude_norm_bias,
+            fused=self.device.type == "cuda",
         )
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
         self.source = ViewSource(self.dataset, cfg, self.channels, self.device)
         self.steps_per_epoch = self.source.steps_per_epoch()
         if self.steps_per_epoch == 0:
@@ -269,8 +298,10 @@ class Trainer:
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
-            raise TrainingError(f"output directory '{self.out}' is not writable "
-                                f"({e.strerror or e}); pass --out to a writable directory") from None
+            raise TrainingError(
+                f"output directory '{self.out}' is not writable "
+                f"({e.strerror or e}); pass --out to a writable directory"
+            ) from None
         (self.out / "config.yaml").write_text(to_yaml(self.cfg))
 
     def _record_skipped(self) -> None:
@@ -279,8 +310,10 @@ class Trainer:
             with open(self.out / "skipped.txt", "w", encoding="utf-8", errors="replace") as f:
                 for path, reason in skipped:
                     f.write(f"{path}\t{reason}\n")
-            self.log(f"warning: skipped {len(skipped)} unreadable image(s), listed in "
-                     f"{self.out / 'skipped.txt'}")
+            self.log(
+                f"warning: skipped {len(skipped)} unreadable image(s), listed in "
+                f"{self.out / 'skipped.txt'}"
+            )
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         cfg = self.cfg
@@ -308,15 +341,22 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as e:
-            raise CheckpointError(f"optimizer state in '{path}' does not match the config "
-                                  f"({e}); resume with the settings it was saved with") from None
+            raise CheckpointError(
+                f"optimizer state in '{path}' does not match the config "
+                f"({e}); resume with the settings it was saved with"
+            ) from None
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.queue is not None and ckpt.get("queue") is not None:
             self.queue.load_state_dict(ckpt["queue"])
         s = ckpt["state"]
-        self.state = RunState(int(s["epoch"]), int(s["step"]), int(s["global_step"]),
-                              int(s.get("skipped_steps", 0)), list(s.get("history", [])))
+        self.state = RunState(
+            int(s["epoch"]),
+            int(s["step"]),
+            int(s["global_step"]),
+            int(s.get("skipped_steps", 0)),
+            list(s.get("history", [])),
+        )
         if "torch_rng" in ckpt:
             torch.set_rng_state(ckpt["torch_rng"].cpu())
         if self.state.step >= self.steps_per_epoch:  # saved at an epoch end by an older layout
@@ -333,13 +373,20 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "queue": self.queue.state_dict() if self.queue is not None else None,
-            "state": {"epoch": self.state.epoch, "step": self.state.step,
-                      "global_step": self.state.global_step,
-                      "skipped_steps": self.state.skipped_steps, "history": self.state.history},
+            "state": {
+                "epoch": self.state.epoch,
+                "step": self.state.step,
+                "global_step": self.state.global_step,
+                "skipped_steps": self.state.skipped_steps,
+                "history": self.state.history,
+            },
             "torch_rng": torch.get_rng_state(),
-            "data": {"channels": self.channels, "image_size": self.image_size,
-                     "classes": list(getattr(self.dataset, "classes", None) or []),
-                     "num_samples": len(self.dataset)},
+            "data": {
+                "channels": self.channels,
+                "image_size": self.image_size,
+                "classes": list(getattr(self.dataset, "classes", None) or []),
+                "num_samples": len(self.dataset),
+            },
             "world_size": dist.world_size(),
         }
 
@@ -360,6 +407,7 @@ class Trainer:
     @contextlib.contextmanager
     def _signals(self):
         """SIGTERM / SIGINT ask the loop to checkpoint and stop at the next step boundary."""
+
         def ask_stop(signum, frame):
             self._stop_signal = signum
 
@@ -380,18 +428,27 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> dict:
         cfg, state = self.cfg, self.state
         self.net.train()
-        progress = _Progress(self.steps_per_epoch, epoch, cfg.train.epochs, self.main,
-                             start=state.step)
+        progress = _Progress(
+            self.steps_per_epoch, epoch, cfg.train.epochs, self.main, start=state.step
+        )
         losses = []
         t_last, seen = time.perf_counter(), 0
         for views in self.source.epoch(epoch, start_step=state.step):
-            lr = cosine_lr(state.global_step, self.total_steps, self.warmup_steps, self.lr,
-                           cfg.optim.min_lr * cfg.train.batch_size / 256)
+            lr = cosine_lr(
+                state.global_step,
+                self.total_steps,
+                self.warmup_steps,
+                self.lr,
+                cfg.optim.min_lr * cfg.train.batch_size / 256,
+            )
             set_lr(self.optimizer, lr)
             if self.device.type == "cuda" and cfg.train.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            with torch.autocast(
+                self.device.type,
+                dtype=self.amp_dtype or torch.float32,
+                enabled=self.amp_dtype is not None,
+            ):
                 logits, first = self.net(views, self.queue)
                 loss = self.loss_fn(logits)
             if not self._finite_or_skip(loss):
@@ -414,8 +471,10 @@ class Trainer:
                 record = self._step_record(epoch, lr, losses[-1], logits, seen / (now - t_last))
                 t_last, seen = now, 0
                 progress.update(state.step, record)
-            if cfg.train.checkpoint_every_steps and \
-                    state.global_step % cfg.train.checkpoint_every_steps == 0:
+            if (
+                cfg.train.checkpoint_every_steps
+                and state.global_step % cfg.train.checkpoint_every_steps == 0
+            ):
                 self.save()
             if self._stop_signal is not None:
                 break
@@ -435,13 +494,20 @@ class Trainer:
             f"non-finite loss at epoch {self.state.epoch} step {self.state.step}; the last good "
             f"checkpoint {self.checkpoint_path} is untouched: resume from it with a lower "
             "--set optim.lr=..., gradient clipping (--set optim.clip_grad=1.0), "
-            "--set train.precision=fp32, or --set train.skip_nonfinite=true")
+            "--set train.precision=fp32, or --set train.skip_nonfinite=true"
+        )
 
     def _step_record(self, epoch, lr, loss, logits, img_per_s) -> dict:
         classes = int(torch.unique(logits[0][0].argmax(1)).numel())
-        record = {"epoch": epoch, "step": self.state.step, "global_step": self.state.global_step,
-                  "loss": float(dist.all_reduce_mean(loss.float())), "lr": lr,
-                  "img_per_s": round(img_per_s, 1), "active_classes": classes}
+        record = {
+            "epoch": epoch,
+            "step": self.state.step,
+            "global_step": self.state.global_step,
+            "loss": float(dist.all_reduce_mean(loss.float())),
+            "lr": lr,
+            "img_per_s": round(img_per_s, 1),
+            "active_classes": classes,
+        }
         self._log_metrics(record)
         return record
 
@@ -451,21 +517,25 @@ class Trainer:
         """Each head's NMI/AMI/ARI/ACC on the training data (when it has labels)."""
         if not is_labelled(self.dataset):
             return None
-        loader = eval_loader(self.dataset, self.cfg.augment, self.channels, batch_size,
-                             self.cfg.data.workers)
+        loader = eval_loader(
+            self.dataset, self.cfg.augment, self.channels, batch_size, self.cfg.data.workers
+        )
         out = run_model(self.model, loader, self.device, self.cfg.loss.row_tau)
-        return [head_metrics(out.labels.numpy(), p.argmax(1).numpy(), p.shape[1])
-                for p in out.probs]
+        return [
+            head_metrics(out.labels.numpy(), p.argmax(1).numpy(), p.shape[1]) for p in out.probs
+        ]
 
     # -- the whole run
 
     def fit(self) -> dict:
         cfg, state = self.cfg, self.state
         if self.main:
-            self.log(f"training on {self.device} ({dist.world_size()} process(es)): "
-                     f"{len(self.dataset)} images, {self.steps_per_epoch} steps/epoch, "
-                     f"pipeline {self.source.pipeline}, precision "
-                     f"{self.amp_dtype or torch.float32}")
+            self.log(
+                f"training on {self.device} ({dist.world_size()} process(es)): "
+                f"{len(self.dataset)} images, {self.steps_per_epoch} steps/epoch, "
+                f"pipeline {self.source.pipeline}, precision "
+                f"{self.amp_dtype or torch.float32}"
+            )
         with self._signals():
             while state.epoch < cfg.train.epochs:
                 epoch = state.epoch
@@ -474,8 +544,10 @@ class Trainer:
                 if self._stop_signal is not None and state.step < self.steps_per_epoch:
                     self.save()
                     name = signal.Signals(self._stop_signal).name
-                    raise Interrupted(f"received {name}: checkpoint saved at epoch {epoch} step "
-                                      f"{state.step}; run the same command to resume")
+                    raise Interrupted(
+                        f"received {name}: checkpoint saved at epoch {epoch} step "
+                        f"{state.step}; run the same command to resume"
+                    )
                 state.epoch, state.step = epoch + 1, 0
                 summary["seconds"] = round(time.perf_counter() - t0, 2)
                 if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0:
@@ -484,8 +556,9 @@ class Trainer:
                 self._log_metrics({"epoch_end": epoch, **summary})
                 self.save()
                 if self._stop_signal is not None:
-                    raise Interrupted("received a stop signal: checkpoint saved; run the same "
-                                      "command to resume")
+                    raise Interrupted(
+                        "received a stop signal: checkpoint saved; run the same command to resume"
+                    )
         return self.finish()
 
     def finish(self) -> dict:
@@ -515,8 +588,12 @@ class _Progress:
     def update(self, step: int, record: dict) -> None:
         if not self.enabled:
             return
-        info = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.3g}",
-                "img/s": f"{record['img_per_s']:.0f}", "classes": record["active_classes"]}
+        info = {
+            "loss": f"{record['loss']:.4f}",
+            "lr": f"{record['lr']:.3g}",
+            "img/s": f"{record['img_per_s']:.0f}",
+            "classes": record["active_classes"],
+        }
         if self.bar is not None:
             self.bar.update(step - self.last)
             self.bar.set_postfix(info)
@@ -529,14 +606,19 @@ class _Progress:
 
 def format_table(heads: list[dict]) -> str:
     cols = ["classes", "nmi", "ami", "ari", "acc", "acc_many_to_one"]
-    lines = ["head  " + "  ".join(f"{c:>15}" if c == "acc_many_to_one" else f"{c:>7}" for c in cols)]
+    lines = [
+        "head  " + "  ".join(f"{c:>15}" if c == "acc_many_to_one" else f"{c:>7}" for c in cols)
+    ]
     for i, h in enumerate(heads):
         cells = []
         for c in cols:
             v = h.get(c)
             w = 15 if c == "acc_many_to_one" else 7
-            cells.append(f"{'-':>{w}}" if v is None else (f"{v:>{w}d}" if isinstance(v, int)
-                                                          else f"{v:>{w}.4f}"))
+            cells.append(
+                f"{'-':>{w}}"
+                if v is None
+                else (f"{v:>{w}d}" if isinstance(v, int) else f"{v:>{w}.4f}")
+            )
         lines.append(f"{i:>4}  " + "  ".join(cells))
     return "\n".join(lines)
 
