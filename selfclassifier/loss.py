@@ -16,6 +16,7 @@ normalises, and keeps its own rows for the cross-entropy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -48,6 +49,29 @@ def _gather_views(logits: Logits) -> tuple[list[list[torch.Tensor]], int]:
         gathered.append(dist.gather_with_grad(joint).split(sizes, dim=1))
     per_head = [[gathered[v][h] for v in range(num_views)] for h in range(len(logits))]
     return per_head, rows
+
+
+def _targets(s: torch.Tensor, col_tau: float) -> torch.Tensor:
+    """rownorm_L1(softmax_col(S / col_tau)) for the global (N, C) logits.
+
+    Row-normalising exp(log_softmax_col) is a row softmax of it: exact even where column
+    probabilities underflow.
+    """
+    return F.softmax(F.log_softmax(s / col_tau, dim=0), dim=1)
+
+
+def _log_predictions(s: torch.Tensor, row_tau: float, eps: float) -> torch.Tensor:
+    """log((N / C) * colnorm_L1(softmax_row(S / row_tau)) + eps), computed in log space.
+
+    Normalising in log space avoids dividing by a column sum that underflows (F.normalize
+    would clamp it to 1e-12 and distort the prediction).
+    """
+    n, c = s.shape
+    log_row = F.log_softmax(s / row_tau, dim=1)
+    log_pred = log_row - torch.logsumexp(log_row, dim=0, keepdim=True) + math.log(n / c)
+    if eps > 0:
+        log_pred = torch.logaddexp(log_pred, torch.full_like(log_pred, math.log(eps)))
+    return log_pred
 
 
 def self_classifier_loss(
@@ -86,19 +110,8 @@ def self_classifier_loss(
         pairs = view_pairs(len(logits[0]), num_global)
         total = logits[0][0].new_zeros(())
         for views in global_logits:
-            n, c = views[0].shape
-            targets = [
-                dist.local_rows(F.normalize(F.softmax(s / col_tau, dim=0), p=1, dim=1), rows)
-                for s in views
-            ]
-            log_preds = [
-                torch.log(
-                    (n / c)
-                    * dist.local_rows(F.normalize(F.softmax(s / row_tau, dim=1), p=1, dim=0), rows)
-                    + eps
-                )
-                for s in views
-            ]
+            targets = [dist.local_rows(_targets(s, col_tau), rows) for s in views]
+            log_preds = [dist.local_rows(_log_predictions(s, row_tau, eps), rows) for s in views]
             for i, j in pairs:
                 total = total - (targets[i] * log_preds[j]).sum(dim=1).mean()
         return total / (len(pairs) * len(global_logits))
