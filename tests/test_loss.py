@@ -74,8 +74,9 @@ def test_view_pairs_skip_local_local():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(2, 12), c=st.integers(2, 9),
-       views=st.integers(2, 4))
+@given(
+    seed=st.integers(0, 10_000), n=st.integers(2, 12), c=st.integers(2, 9), views=st.integers(2, 4)
+)
 def test_permuting_samples_leaves_loss_unchanged(seed, n, c, views):
     logits = random_logits([c], views, n, seed)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))

@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from selfclassifier.backbones import BACKBONES, UnknownBackbone, build_backbone
+from selfclassifier.model import NormalizedLinear, SelfClassifier, projection_mlp
+
+
+def tiny_model(heads=(4, 6), channels=1, freeze_heads=False, batch_norm=True):
+    return SelfClassifier(
+        build_backbone("resnet20", channels),
+        heads=heads,
+        hidden_dim=16,
+        out_dim=8,
+        batch_norm=batch_norm,
+        freeze_heads=freeze_heads,
+    )
+
+
+def test_heads_are_unit_norm_and_bias_free():
+    head = NormalizedLinear(8, 5)
+    with torch.no_grad():
+        head.weight.mul_(7.0)
+    x = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    logits = head(x)
+    assert logits.abs().max() <= 1.0 + 1e-6  # cosine similarities
+    assert not any("bias" in n for n, _ in head.named_parameters())
+
+
+def test_embed_is_normalised_and_classify_matches_forward():
+    model = tiny_model().eval()
+    x = torch.randn(5, 1, 8, 8)
+    e = model.embed(x)
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(5))
+    for a, b in zip(model.classify(e), model(x), strict=True):
+        torch.testing.assert_close(a, b)
+    assert [t.shape[1] for t in model(x)] == [4, 6]
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    model = tiny_model()
+    out = model(torch.randn(4, 1, 8, 8))
+    sum(o.square().sum() for o in out).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_frozen_heads_have_no_gradient():
+    model = tiny_model(freeze_heads=True)
+    assert all(not h.weight.requires_grad for h in model.heads)
+
+
+@pytest.mark.parametrize("layers,bn", [(1, True), (2, False), (3, True)])
+def test_projection_mlp_shapes(layers, bn):
+    mlp = projection_mlp(12, 20, 7, layers=layers, batch_norm=bn)
+    assert mlp(torch.randn(4, 12)).shape == (4, 7)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in mlp) == (layers - 1 if bn else 0)
+
+
+def test_embed_views_groups_by_resolution(monkeypatch):
+    model = tiny_model().eval()
+    calls = []
+    orig = model.backbone.forward
+    monkeypatch.setattr(model.backbone, "forward", lambda x: calls.append(x.shape) or orig(x))
+    views = [torch.randn(3, 1, 8, 8)] * 2 + [torch.randn(3, 1, 6, 6)] * 4
+    embs = model.embed_views(views)
+    assert len(embs) == 6 and all(e.shape == (3, 8) for e in embs)
+    assert calls == [(6, 1, 8, 8), (12, 1, 6, 6)]
+    # grouping does not change the result (eval mode: BN uses running statistics)
+    torch.testing.assert_close(embs[0], model.embed(views[0]))
+
+
+@pytest.mark.parametrize(
+    "name,size",
+    [("resnet18", 32), ("resnet18_small", 16), ("resnet20", 8), ("vit_tiny_patch4", 16)],
+)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_backbones_shapes(name, size, channels):
+    net = build_backbone(name, channels, size).eval()
+    out = net(torch.randn(2, channels, size, size))
+    assert out.shape == (2, net.out_dim)
+
+
+def test_vit_takes_local_crops_of_another_resolution():
+    net = build_backbone("vit_tiny_patch4", 3, 16).eval()
+    assert net(torch.randn(2, 3, 8, 8)).shape == (2, 192)
+
+
+def test_registry_and_unknown_name():
+    assert {"resnet18", "resnet34", "resnet50", "resnet101", "vit_b_16"} <= set(BACKBONES)
+    with pytest.raises(UnknownBackbone, match="resnet18"):
+        build_backbone("resnet7")
