@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, run_cli
+
 from selfclassifier.checkpoint import load_checkpoint
 from selfclassifier.config import load_config, parse_set
 from selfclassifier.train import Trainer, epoch_order, local_batches
