@@ -16,7 +16,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/selfclassifier train --out runs/demo
+	$(VENV)/bin/selfclassifier train
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -31,7 +31,7 @@ def _train_parser(sub) -> None:
     )
     p.add_argument("--data", help="'digits', 'fashion_mnist', an IDX folder or an image folder")
     p.add_argument("--split", choices=["train", "test", "all"], help="data split to train on")
-    p.add_argument("--out", default="runs/default", help="output directory (default runs/default)")
+    p.add_argument("--out", help="output directory (default: runs/<preset name>)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--lr", type=float, help="learning rate per 256 images (scaled linearly)")
@@ -99,7 +99,7 @@ def cmd_train(args) -> int:
     from selfclassifier.train import fit, format_table
 
     cfg = load_config(args.config, _cli_overrides(args))
-    out = Path(args.out)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
     if args.resume not in (None, "auto"):
         src = Path(args.resume)
         if not src.is_file():
