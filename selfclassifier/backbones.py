@@ -147,6 +147,8 @@ def _small_vit(patch: int, dim: int, depth: int, heads: int) -> Callable[[int, i
 BACKBONES: dict[str, Callable[[int, int], nn.Module]] = {
     **{n: _resnet(n, small=False) for n in ("resnet18", "resnet34", "resnet50", "resnet101")},
     **{f"{n}_small": _resnet(n, small=True) for n in ("resnet18", "resnet34", "resnet50")},
+    "resnet8": lambda c, s: CifarResNet(8, 16, c),
+    "resnet14": lambda c, s: CifarResNet(14, 16, c),
     "resnet20": lambda c, s: CifarResNet(20, 16, c),
     "resnet20_wide": lambda c, s: CifarResNet(20, 32, c),
     "resnet32": lambda c, s: CifarResNet(32, 16, c),
