@@ -222,10 +222,17 @@ def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tens
     return (factor.view(-1, 1, 1, 1) * a + (1 - factor.view(-1, 1, 1, 1)) * b).clamp(0, 1)
 
 
-def gaussian_blur_batched(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur each image of (B, C, H, W) with its own sigma (B,), separable, reflect padding."""
+def gaussian_blur_batched(
+    x: torch.Tensor, sigma: torch.Tensor, radius: int | None = None
+) -> torch.Tensor:
+    """Blur each image of (B, C, H, W) with its own sigma (B,), separable, reflect padding.
+
+    The kernel spans ``radius`` pixels each side (default: 3 x the largest sigma), capped by
+    the image size.
+    """
     b, c, h, w = x.shape
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    if radius is None:
+        radius = max(1, int(math.ceil(3 * float(sigma.max()))))
     radius = min(radius, (min(h, w) - 1)) if min(h, w) > 1 else 0
     if radius == 0:
         return x
@@ -242,11 +249,35 @@ def gaussian_blur_batched(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.reshape(b, c, h, w)
 
 
+@dataclass(frozen=True)
+class _Draws:
+    """Random draws for a batch of ``total`` samples, of which this call augments ``rows``.
+
+    Every draw is made for the whole batch and then sliced, so a sample's augmentation
+    depends on the generator and its row in the batch only, not on how the batch is split
+    across processes.
+    """
+
+    g: torch.Generator
+    total: int
+    rows: slice
+    device: torch.device
+
+    def uniform(self, low: float, high: float) -> torch.Tensor:
+        return _uniform(self.total, low, high, self.g, self.device)[self.rows]
+
+    def bernoulli(self, p: float) -> torch.Tensor:
+        return _bernoulli(self.total, p, self.g, self.device)[self.rows]
+
+
 class BatchedMultiCrop:
     """Multi-crop on a whole batch: uint8 (B, C, H, W) -> list of normalised float views.
 
     Every random choice is per sample and drawn from ``generator``, so a batch's views are a
-    pure function of (images, generator state): resumable and reproducible.
+    pure function of (images, generator state): resumable and reproducible. With
+    ``rows=(start, total)`` the images are rows ``start .. start+B`` of a batch of ``total``
+    (one process's share of a global batch): the draws are made for all ``total`` samples and
+    sliced, so the views equal those of augmenting the global batch in one process.
     """
 
     def __init__(self, cfg: AugmentConfig, channels: int):
@@ -254,18 +285,32 @@ class BatchedMultiCrop:
         self.specs = view_specs(cfg)
         self.mean, self.std = normalization(cfg, channels)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        rows: tuple[int, int] | None = None,
+    ) -> list[torch.Tensor]:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        start, total = rows if rows is not None else (0, x.shape[0])
+        if not 0 <= start <= total - x.shape[0]:
+            raise ValueError(f"rows {start}..{start + x.shape[0]} do not fit a batch of {total}")
+        d = _Draws(generator, total, slice(start, start + x.shape[0]), x.device)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return [(self.view(x, spec, generator) - mean) / std for spec in self.specs]
+        return [(self.view(x, spec, d) - mean) / std for spec in self.specs]
 
-    def crop(self, x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
+    def crop(self, x: torch.Tensor, spec: ViewSpec, d: _Draws) -> torch.Tensor:
         """Random-resized crop (+ flip, rotation) of float (B, C, H, W) via one affine warp."""
-        n, dev = x.shape[0], x.device
-        centre, size = random_crop_boxes(n, spec.scale, self.cfg.ratio, g, dev)
-        flip = torch.where(_bernoulli(n, self.cfg.hflip, g, dev), -1.0, 1.0)
-        angle = _uniform(n, -self.cfg.rotation, self.cfg.rotation, g, dev) * math.pi / 180
+        n = x.shape[0]
+        centre, size = random_crop_boxes(d.total, spec.scale, self.cfg.ratio, d.g, d.device)
+        # Downscaling by more than 2x aliases with bilinear sampling; pre-shrink with area
+        # averaging so the crop sees roughly the pixel density it needs. Decided on the whole
+        # batch so that every process of a split batch shrinks alike.
+        shrink = int(min(x.shape[-2], x.shape[-1]) * float(size.min()) // (2 * spec.size))
+        centre, size = centre[d.rows], size[d.rows]
+        flip = torch.where(d.bernoulli(self.cfg.hflip), -1.0, 1.0)
+        angle = d.uniform(-self.cfg.rotation, self.cfg.rotation) * math.pi / 180
         cos, sin = torch.cos(angle), torch.sin(angle)
         sx, sy = size[:, 0] * flip, size[:, 1]
         theta = torch.stack(
@@ -276,36 +321,31 @@ class BatchedMultiCrop:
             1,
         )
         grid = F.affine_grid(theta, [n, x.shape[1], spec.size, spec.size], align_corners=False)
-        src = x
-        # Downscaling by more than 2x aliases with bilinear sampling; pre-shrink with area
-        # averaging so the crop sees roughly the pixel density it needs.
-        shrink = int(min(x.shape[-2], x.shape[-1]) * float(size.min()) // (2 * spec.size))
-        if shrink >= 2:
-            src = F.avg_pool2d(x, shrink, ceil_mode=True)
+        src = F.avg_pool2d(x, shrink, ceil_mode=True) if shrink >= 2 else x
         return F.grid_sample(
             src, grid, mode="bilinear", padding_mode="reflection", align_corners=False
         )
 
-    def color(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def color(self, x: torch.Tensor, d: _Draws) -> torch.Tensor:
         """Colour jitter in a random order per batch, each op with per-sample strength."""
-        cfg, n, dev = self.cfg, x.shape[0], x.device
-        apply = _bernoulli(n, cfg.jitter, g, dev).float()
+        cfg = self.cfg
+        apply = d.bernoulli(cfg.jitter).float()
         ops = []
         if cfg.brightness > 0:
-            f = _uniform(n, max(0, 1 - cfg.brightness), 1 + cfg.brightness, g, dev)
+            f = d.uniform(max(0, 1 - cfg.brightness), 1 + cfg.brightness)
             ops.append(lambda y, f=f: _blend(y, torch.zeros_like(y), 1 + apply * (f - 1)))
         if cfg.contrast > 0:
-            f = _uniform(n, max(0, 1 - cfg.contrast), 1 + cfg.contrast, g, dev)
+            f = d.uniform(max(0, 1 - cfg.contrast), 1 + cfg.contrast)
             ops.append(
                 lambda y, f=f: _blend(
                     y, _gray(y).mean((1, 2, 3), keepdim=True).expand_as(y), 1 + apply * (f - 1)
                 )
             )
         if self.channels == 3 and cfg.saturation > 0:
-            f = _uniform(n, max(0, 1 - cfg.saturation), 1 + cfg.saturation, g, dev)
+            f = d.uniform(max(0, 1 - cfg.saturation), 1 + cfg.saturation)
             ops.append(lambda y, f=f: _blend(y, _gray(y).expand_as(y), 1 + apply * (f - 1)))
         if self.channels == 3 and cfg.hue > 0:
-            f = _uniform(n, -cfg.hue, cfg.hue, g, dev) * apply
+            f = d.uniform(-cfg.hue, cfg.hue) * apply
 
             def hue(y, f=f):
                 hsv = _rgb_to_hsv(y)
@@ -313,24 +353,28 @@ class BatchedMultiCrop:
                 return _hsv_to_rgb(hsv)
 
             ops.append(hue)
-        for k in torch.randperm(len(ops), generator=g, device="cpu").tolist() if ops else []:
+        # The generator's own device: a CUDA generator cannot draw a CPU permutation.
+        order = torch.randperm(len(ops), generator=d.g, device=d.g.device) if ops else []
+        for k in order.tolist() if ops else []:
             x = ops[k](x)
         return x
 
-    def view(self, x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
-        cfg, n, dev = self.cfg, x.shape[0], x.device
-        y = self.color(self.crop(x, spec, g), g)
+    def view(self, x: torch.Tensor, spec: ViewSpec, d: _Draws) -> torch.Tensor:
+        cfg = self.cfg
+        y = self.color(self.crop(x, spec, d), d)
         if self.channels == 3 and cfg.grayscale > 0:
-            gray = _bernoulli(n, cfg.grayscale, g, dev).view(-1, 1, 1, 1)
+            gray = d.bernoulli(cfg.grayscale).view(-1, 1, 1, 1)
             y = torch.where(gray, _gray(y).expand_as(y), y)
         if spec.blur > 0:
-            sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], g, dev)
-            do = _bernoulli(n, spec.blur, g, dev).view(-1, 1, 1, 1)
-            y = torch.where(do, gaussian_blur_batched(y, sigma.clamp(min=1e-3)), y)
+            every_sigma = _uniform(d.total, cfg.blur_sigma[0], cfg.blur_sigma[1], d.g, d.device)
+            radius = max(1, int(math.ceil(3 * float(every_sigma.max()))))
+            sigma = every_sigma[d.rows]
+            do = d.bernoulli(spec.blur).view(-1, 1, 1, 1)
+            y = torch.where(do, gaussian_blur_batched(y, sigma.clamp(min=1e-3), radius), y)
         if spec.solarize > 0:
-            do = _bernoulli(n, spec.solarize, g, dev).view(-1, 1, 1, 1)
+            do = d.bernoulli(spec.solarize).view(-1, 1, 1, 1)
             y = torch.where(do & (y >= 128 / 255), 1 - y, y)
         if cfg.noise > 0:
-            noise = torch.randn(y.shape, generator=g, device=dev)
-            y = (y + cfg.noise * noise).clamp(0, 1)
+            noise = torch.randn((d.total, *y.shape[1:]), generator=d.g, device=d.device)
+            y = (y + cfg.noise * noise[d.rows]).clamp(0, 1)
         return y

@@ -54,8 +54,8 @@ def _train_parser(sub) -> None:
         const="auto",
         default=None,
         metavar="CHECKPOINT",
-        help="resume (automatic when OUT/checkpoint.pt exists); with a path, copy "
-        "that checkpoint into OUT first",
+        help="resume (automatic when OUT/checkpoint.pt exists); with a path, start from "
+        "that checkpoint and write later ones to OUT",
     )
     p.add_argument(
         "--set",
@@ -93,23 +93,21 @@ def _cli_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    import shutil
     from pathlib import Path
 
     from selfclassifier.train import fit, format_table
 
     cfg = load_config(args.config, _cli_overrides(args))
     out = Path(args.out or Path("runs") / Path(args.config).stem)
+    resume_from = None
     if args.resume not in (None, "auto"):
-        src = Path(args.resume)
-        if not src.is_file():
-            raise CLIError(f"--resume: checkpoint '{src}' not found")
-        out.mkdir(parents=True, exist_ok=True)
-        if src.resolve() != (out / "checkpoint.pt").resolve():
-            shutil.copyfile(src, out / "checkpoint.pt")
+        # Read in place rather than copied into OUT: under torchrun every process runs this.
+        resume_from = Path(args.resume)
+        if not resume_from.is_file():
+            raise CLIError(f"--resume: checkpoint '{resume_from}' not found")
     elif args.resume == "auto" and not (out / "checkpoint.pt").is_file():
         raise CLIError(f"--resume: no checkpoint in '{out}'; drop --resume to start fresh")
-    result = fit(cfg, out, log=lambda msg: print(msg, file=sys.stderr))
+    result = fit(cfg, out, log=lambda msg: print(msg, file=sys.stderr), resume_from=resume_from)
     if result.get("heads"):
         print(format_table(result["heads"]))
         print(f"wrote {out / 'eval.json'}")

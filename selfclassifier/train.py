@@ -77,16 +77,39 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def local_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+def local_batches(
+    n: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> list[torch.Tensor]:
     """This rank's index batches for the epoch: global batches (drop_last), rank's slice.
 
-    Rank r takes rows [r*b, (r+1)*b) of every global batch, so concatenating all ranks' batches
-    in rank order reproduces the single-process batch exactly.
+    This plays the part of ``DistributedSampler(shuffle=True, drop_last=True)`` with
+    ``set_epoch(epoch)`` and a per-rank ``BatchSampler``: one permutation per epoch that every
+    rank derives from (seed, epoch) alone, cut into ``n // batch_size`` global batches (the
+    same global batches DistributedSampler would give from that permutation), each rank
+    taking 1/W of every batch without overlap. Two differences, both needed here: rank r takes
+    the contiguous rows [r*b, (r+1)*b) rather than every W-th sample, so concatenating the
+    ranks' batches in rank order (what the gathers do) is the single-process batch row for
+    row; and the list can be resumed at any step of an epoch.
+
+    Args:
+        n: dataset size; batch_size: the GLOBAL batch, a multiple of ``world_size``.
+        rank, world_size: default to this process's.
+
+    Returns:
+        ``n // batch_size`` index tensors of ``batch_size // world_size`` samples each.
     """
-    b = batch_size // dist.world_size()
+    r = dist.rank() if rank is None else rank
+    w = dist.world_size() if world_size is None else world_size
+    if batch_size % w:
+        raise ValueError(f"batch size {batch_size} does not divide across {w} processes")
+    b = batch_size // w
     order = epoch_order(n, seed, epoch)
     steps = n // batch_size
-    r = dist.rank()
     return [order[s * batch_size + r * b : s * batch_size + (r + 1) * b] for s in range(steps)]
 
 
@@ -120,6 +143,10 @@ class ViewSource:
     In-memory datasets (digits, IDX) are augmented batch-wise on the device with the
     ``fast`` engine; image folders use loader workers with the ``classic`` engine (or decode
     in workers and augment batch-wise when the pipeline is ``fast``).
+
+    The views of a sample depend only on (seed, epoch, step, its row in the global batch)
+    for the ``fast`` engine and on (seed, epoch, sample index) for the ``classic`` one, never
+    on the number of processes: a run on W processes sees exactly the views of a 1-process run.
     """
 
     def __init__(self, ds: Dataset, cfg: Config, channels: int, device: torch.device):
@@ -151,9 +178,11 @@ class ViewSource:
         batches = batches[start_step:]
         if isinstance(self.ds, TensorImageDataset):
             for k, idx in enumerate(batches, start=start_step):
+                # One generator per global step, shared by all ranks; each rank keeps its rows.
                 g = torch.Generator(device=self.device)
-                g.manual_seed(_sample_seed(cfg.train.seed, epoch, k) + dist.rank())
-                yield self.batched(self.images[idx.to(self.device)], g)
+                g.manual_seed(_sample_seed(cfg.train.seed, epoch, k))
+                rows = (dist.rank() * len(idx), cfg.train.batch_size)
+                yield self.batched(self.images[idx.to(self.device)], g, rows)
             return
         self.views.epoch = epoch
         loader = DataLoader(
@@ -190,7 +219,12 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError(
                 f"train.device={name} but no CUDA device is available; use --device cpu"
             )
-        if dist.launched_by_torchrun() and name == "cuda":
+        if dist.launched_by_torchrun():
+            if name != "cuda":
+                raise ConfigError(
+                    f"train.device={name} would put every process on one GPU; use --device "
+                    "cuda (or auto): process LOCAL_RANK then drives cuda:LOCAL_RANK"
+                )
             name = f"cuda:{dist.local_rank()}"
     return torch.device(name)
 
@@ -217,20 +251,29 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Holds everything a run needs; ``fit()`` drives it."""
 
-    def __init__(self, cfg: Config, out_dir: str | os.PathLike, log=print):
-        self.cfg, self.out, self.log = cfg, Path(out_dir), log
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: str | os.PathLike,
+        log=print,
+        resume_from: str | os.PathLike | None = None,
+    ):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.resume_from = Path(resume_from) if resume_from is not None else None
         self.device = resolve_device(cfg.train.device)
         dist.init_from_env(self.device.type)
+        self.main = dist.is_main_process()
+        # Only rank 0 talks: other ranks would repeat every line.
+        self.log = log if self.main else (lambda msg: None)
         world = dist.world_size()
         if cfg.train.batch_size % world:
             raise ConfigError(
-                f"train.batch_size={cfg.train.batch_size} does not divide across "
-                f"{world} processes; use a multiple of {world}"
+                f"train.batch_size={cfg.train.batch_size} (the global batch) does not divide "
+                f"across {world} processes; use a multiple of {world}"
             )
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.train.seed)
-        self.main = dist.is_main_process()
         self._prepare_output()
 
         grayscale = cfg.data.grayscale
@@ -262,6 +305,8 @@ class Trainer:
         self.loss_fn = SelfClassifierLoss(
             cfg.loss.row_tau, cfg.loss.col_tau, cfg.loss.eps, num_global=cfg.augment.global_crops
         )
+        # Linear scaling on the GLOBAL batch, so the same command gives the same schedule on
+        # any number of processes.
         self.lr = cfg.optim.lr * cfg.train.batch_size / 256
         self.optimizer = build_optimizer(
             self.model,
@@ -285,7 +330,8 @@ class Trainer:
         self.state = RunState()
         self._maybe_resume()
         self.net = self._wrap(MultiCropForward(self.model))
-        self._stop_signal: int | None = None
+        self._stop_signal: int | None = None  # set by the handler, on this rank only
+        self._stopping = False  # agreed by all ranks at a step boundary
 
     # -- setup helpers
 
@@ -319,11 +365,7 @@ class Trainer:
         cfg = self.cfg
         if self.device.type == "cuda" and cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        if dist.world_size() > 1:
-            if cfg.model.sync_bn:
-                net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        net = dist.data_parallel(net, self.device, sync_bn=cfg.model.sync_bn)
         if cfg.train.compile:
             net = torch.compile(net)
         return net
@@ -333,8 +375,21 @@ class Trainer:
         return self.out / "checkpoint.pt"
 
     def _maybe_resume(self) -> None:
-        path = self.checkpoint_path
-        if not path.is_file():
+        """Load ``resume_from`` or OUT/checkpoint.pt when present, on every rank alike.
+
+        Every rank reads the same file (OUT must be on a filesystem all nodes share), so all
+        start from identical weights, optimiser state, queue and position; the checkpoint's
+        process count does not matter (positions count global batches).
+        """
+        path = self.resume_from or self.checkpoint_path
+        seen = dist.gather_object(path.is_file())
+        if any(seen) and not all(seen):
+            missing = [r for r, ok in enumerate(seen) if not ok]
+            raise TrainingError(
+                f"checkpoint '{path}' is visible to some processes but not to ranks {missing}; "
+                "put --out (and --resume) on a filesystem every node shares"
+            )
+        if not seen[0]:
             return
         ckpt = load_checkpoint(path, map_location=self.device)
         load_state(self.model, ckpt["model"], str(path))
@@ -451,7 +506,15 @@ class Trainer:
             ):
                 logits, first = self.net(views, self.queue)
                 loss = self.loss_fn(logits)
-            if not self._finite_or_skip(loss):
+            # Skipping or stopping changes the control flow: all ranks decide together.
+            nonfinite, stop = dist.any_rank(
+                not bool(torch.isfinite(loss)), self._stop_signal is not None, device=self.device
+            )
+            self._stopping = self._stopping or stop
+            if nonfinite:
+                self._skip_nonfinite()
+                if self._stopping:
+                    break
                 continue
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -476,20 +539,19 @@ class Trainer:
                 and state.global_step % cfg.train.checkpoint_every_steps == 0
             ):
                 self.save()
-            if self._stop_signal is not None:
+            if self._stopping:
                 break
         progress.close()
         mean_loss = float(dist.all_reduce_mean(torch.stack(losses).mean())) if losses else math.nan
         return {"epoch": epoch, "loss": mean_loss}
 
-    def _finite_or_skip(self, loss: torch.Tensor) -> bool:
-        if torch.isfinite(loss):
-            return True
+    def _skip_nonfinite(self) -> None:
+        """A non-finite loss on some rank: count a skipped step, or stop with advice."""
         if self.cfg.train.skip_nonfinite:
             self.state.skipped_steps += 1
             self.state.step += 1
             self.state.global_step += 1
-            return False
+            return
         raise TrainingError(
             f"non-finite loss at epoch {self.state.epoch} step {self.state.step}; the last good "
             f"checkpoint {self.checkpoint_path} is untouched: resume from it with a lower "
@@ -541,21 +603,21 @@ class Trainer:
                 epoch = state.epoch
                 t0 = time.perf_counter()
                 summary = self.train_one_epoch(epoch)
-                if self._stop_signal is not None and state.step < self.steps_per_epoch:
+                if self._stopping and state.step < self.steps_per_epoch:
                     self.save()
-                    name = signal.Signals(self._stop_signal).name
+                    name = signal.Signals(self._stop_signal or signal.SIGTERM).name
                     raise Interrupted(
                         f"received {name}: checkpoint saved at epoch {epoch} step "
                         f"{state.step}; run the same command to resume"
                     )
                 state.epoch, state.step = epoch + 1, 0
                 summary["seconds"] = round(time.perf_counter() - t0, 2)
-                if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0:
+                if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and self.main:
                     summary["heads"] = self.evaluate()
                 state.history.append({k: v for k, v in summary.items() if k != "heads"})
                 self._log_metrics({"epoch_end": epoch, **summary})
                 self.save()
-                if self._stop_signal is not None:
+                if self._stopping:
                     raise Interrupted(
                         "received a stop signal: checkpoint saved; run the same command to resume"
                     )
@@ -623,11 +685,19 @@ def format_table(heads: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def fit(cfg: Config, out_dir: str | os.PathLike, log=print) -> dict:
-    """Train (resuming from OUT/checkpoint.pt if present) and evaluate; returns eval results."""
-    trainer = Trainer(cfg, out_dir, log)
+def fit(
+    cfg: Config,
+    out_dir: str | os.PathLike,
+    log=print,
+    resume_from: str | os.PathLike | None = None,
+) -> dict:
+    """Train (resuming from ``resume_from`` or OUT/checkpoint.pt if present) and evaluate.
+
+    Returns the evaluation results on rank 0 (``{}`` on other ranks). Under torchrun every
+    process calls this; the process group is joined here and left on the way out.
+    """
     try:
-        return trainer.fit()
+        return Trainer(cfg, out_dir, log, resume_from).fit()
     finally:
         dist.shutdown()
 
