@@ -212,12 +212,14 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()
-        count = xf.new_tensor([x.numel() / x.shape[1]])
-        totals = all_reduce_sum_with_grad(torch.cat([xf.sum(dims), count]))
+        # Sums accumulate in float64, as BatchNorm's own CPU kernel does.
+        count = x.new_tensor([x.numel() / x.shape[1]], dtype=torch.float64)
+        totals = all_reduce_sum_with_grad(torch.cat([xf.sum(dims, dtype=torch.float64), count]))
         n = totals[-1].detach()
-        mean = totals[:-1] / n
+        mean = (totals[:-1] / n).float()
         centred = xf - mean.view(shape)
-        var = all_reduce_sum_with_grad(centred.square().sum(dims)) / n
+        squares = centred.square().sum(dims, dtype=torch.float64)
+        var = (all_reduce_sum_with_grad(squares) / n).float()
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
@@ -242,10 +244,14 @@ def _to_sync_bn(module: nn.Module) -> nn.Module:
             module.num_features, module.eps, module.momentum, module.affine,
             module.track_running_stats,
         )  # fmt: skip
-        new.load_state_dict(module.state_dict())
+        # The very same parameter and buffer objects, so an optimiser built before the
+        # conversion still updates them (as torch's convert_sync_batchnorm does).
+        for name, tensor in itertools.chain(
+            module.named_parameters(recurse=False), module.named_buffers(recurse=False)
+        ):
+            setattr(new, name, tensor)
         new.train(module.training)
-        ref = next(itertools.chain(module.parameters(), module.buffers()), None)
-        return new if ref is None else new.to(ref.device)
+        return new
     for name, child in module.named_children():
         module.add_module(name, _to_sync_bn(child))
     return module
