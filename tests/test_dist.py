@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,6 @@ from torch import nn
 
 from selfclassifier import dist
 from selfclassifier.augment import BatchedMultiCrop
-from selfclassifier.backbones import build_backbone
 from selfclassifier.config import AugmentConfig
 from selfclassifier.loss import SelfClassifierLoss
 from selfclassifier.model import SelfClassifier
@@ -44,15 +44,17 @@ def free_port() -> int:
 
 
 class _TinyConv(nn.Module):
-    """A backbone without BatchNorm: conv -> ReLU -> 2x2 average pool -> (B, 32)."""
+    """A small backbone: conv (-> BatchNorm) -> ReLU -> 2x2 average pool -> (B, 32)."""
 
     out_dim = 32
 
-    def __init__(self):
+    def __init__(self, batch_norm: bool):
         super().__init__()
+        norm = [nn.BatchNorm2d(8)] if batch_norm else []
         self.net = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()
-        )
+            nn.Conv2d(1, 8, 3, padding=1, bias=not batch_norm), *norm, nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -60,10 +62,9 @@ class _TinyConv(nn.Module):
 
 def _model(kind: str) -> SelfClassifier:
     torch.manual_seed(0)
-    if kind == "no_bn":
-        return SelfClassifier(_TinyConv(), HEADS, hidden_dim=24, out_dim=OUT_DIM, batch_norm=False)
-    # BatchNorm in the backbone and the projection: SyncBatchNorm must see the global batch.
-    return SelfClassifier(build_backbone("resnet20", 1), HEADS, hidden_dim=24, out_dim=OUT_DIM)
+    # sync_bn: BatchNorm in the backbone and the projection must see the global batch.
+    bn = kind == "sync_bn"
+    return SelfClassifier(_TinyConv(bn), HEADS, hidden_dim=24, out_dim=OUT_DIM, batch_norm=bn)
 
 
 def _global_views(step: int) -> list[torch.Tensor]:
@@ -138,9 +139,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         WORLD_SIZE=str(world),
     )
     torch.set_num_threads(1)
-    dist.init_from_env("cpu")
+    dist.init_from_env("cpu", timeout_s=60)
     try:
-        torch.save({kind: _train(kind) for kind in KINDS}, Path(out) / f"rank{rank}.pt")
+        result: dict = {kind: _train(kind) for kind in KINDS}
+        # Control-flow decisions: rank 1 alone sees a problem, every rank must learn of it.
+        result["any_rank"] = dist.any_rank(rank == 1, False)
+        result["gather_object"] = dist.gather_object(f"rank {rank}")
+        torch.save(result, Path(out) / f"rank{rank}.pt")
     finally:
         dist.shutdown()
 
@@ -149,7 +154,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def ranks(tmp_path_factory) -> list[dict]:
     """What each of the 2 processes recorded, for both kinds of network."""
     out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD, join=True)
+    # fork: the workers inherit the imported modules instead of importing them again.
+    ctx = mp.start_processes(
+        _worker, (WORLD, free_port(), str(out)), nprocs=WORLD, join=False, start_method="fork"
+    )
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the 2-process run did not finish in 120 s")
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -222,6 +236,12 @@ def test_ranks_hold_identical_weights_and_batchnorm_statistics(ranks):
                 assert torch.equal(ranks[r][kind]["model"][name], w), name
 
 
+def test_decisions_and_objects_reach_every_rank(ranks):
+    for r in range(WORLD):
+        assert ranks[r]["any_rank"] == (True, False)
+        assert ranks[r]["gather_object"] == [f"rank {k}" for k in range(WORLD)]
+
+
 # ----------------------------------------------------------------------------- in one process
 
 
@@ -285,6 +305,16 @@ def test_views_do_not_depend_on_how_the_batch_is_split():
     halves = [aug(images[s : s + 4], torch.Generator().manual_seed(7), (s, 8)) for s in (0, 4)]
     for v, full in enumerate(whole):
         assert torch.equal(torch.cat([h[v] for h in halves]), full)
+
+
+def test_global_batch_that_does_not_divide_is_one_line_exit_2(monkeypatch, tmp_path, capsys):
+    from selfclassifier import cli
+
+    monkeypatch.setattr(dist, "world_size", lambda: 2)  # as if torchrun had started 2
+    code = cli.main(["train", "--out", str(tmp_path), "--batch-size", "63", "--epochs", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "train.batch_size=63" in err and "2 processes" in err and "multiple of 2" in err
 
 
 # ----------------------------------------------------------------------------- end to end
