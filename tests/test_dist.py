@@ -321,7 +321,7 @@ def test_global_batch_that_does_not_divide_is_one_line_exit_2(monkeypatch, tmp_p
 
 
 def _train_cmd(out: Path, epochs: int) -> list[str]:
-    """The README's training command at test size: digits' test split, a small network."""
+    """The command README.md's "Scaling out with torchrun" lists, at test size."""
     return [
         "-m", "selfclassifier", "train", "--data", "digits", "--split", "test",
         "--out", str(out), "--epochs", str(epochs), "--batch-size", "64",
