@@ -7,7 +7,9 @@ code (2 for bad input or configuration), never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 
 from selfclassifier.config import ConfigError, list_presets, load_config, parse_set
 
@@ -114,6 +116,181 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _inference_flags(p, batch_default: int = 256) -> None:
+    p.add_argument("--batch-size", type=_positive_int, default=batch_default)
+    p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda[:N]")
+    p.add_argument(
+        "--workers", type=int, help="loader workers for image files (default: the run's config)"
+    )
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint: heads, kNN, linear probe, k-means, superclasses",
+        description="Score each head against the labels (NMI, AMI, ARI, ACC) and, on request, "
+        "kNN, a linear probe and k-means on frozen features. Without --data: the data the "
+        "checkpoint was trained on. Without --train-data, kNN and the linear probe use the "
+        "dataset's train split as memory and its test split as queries (digits: the fixed "
+        "1347/450 split), or a fixed 75/25 hold-out (seed 0) of a folder without splits.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--data", help="evaluation data (default: the checkpoint's training data)")
+    p.add_argument(
+        "--split",
+        choices=["train", "test", "all"],
+        help="split of the evaluation data (default: the recorded one, or 'all' with --data)",
+    )
+    p.add_argument("--train-data", help="labelled data for the kNN memory / linear probe")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--knn", action="store_true", help="weighted kNN top-1 (k=20, T=0.07)")
+    p.add_argument("--k", type=_positive_int, default=20, help="neighbours for --knn")
+    p.add_argument("--linear", action="store_true", help="linear probe on frozen features")
+    p.add_argument("--kmeans", action="store_true", help="k-means baseline, k = number of labels")
+    p.add_argument(
+        "--features",
+        choices=["backbone", "embedding", "pixels"],
+        default="backbone",
+        help="what kNN, the linear probe and k-means see (pixels: the raw input, a baseline)",
+    )
+    p.add_argument(
+        "--superclasses",
+        metavar="MAPPING",
+        help="file of 'fine_label_name<TAB>superclass_name' lines: score heads on superclasses",
+    )
+    _inference_flags(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from selfclassifier.evaluation import EvalOptions, evaluate_run, format_results, load_run
+
+    run = load_run(args.checkpoint, args.device)
+    opts = EvalOptions(
+        data=args.data,
+        split=args.split,
+        train_data=args.train_data,
+        knn=args.knn,
+        linear=args.linear,
+        kmeans=args.kmeans,
+        superclasses=args.superclasses,
+        features=args.features,
+        k=args.k,
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
+    result = evaluate_run(run, opts, log=lambda msg: print(msg, file=sys.stderr))
+    print(format_results(result))
+    if args.json:
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=2)
+                f.write("\n")
+        except OSError as e:
+            raise CLIError(f"--json: cannot write '{args.json}' ({e.strerror or e})") from None
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _predict_parser(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict the class of images (files and folders) into a CSV",
+        description="Write one CSV row per image and head: path,head,class,confidence. Folders "
+        "are searched recursively. Unreadable files are listed on stderr and skipped.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files and/or folders")
+    p.add_argument("--out", default="preds.csv", help="CSV file to write ('-': stdout)")
+    p.add_argument("--head", type=int, help="only this head (0-based; default: all heads)")
+    _inference_flags(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from selfclassifier.evaluation import load_run
+    from selfclassifier.predict import predict_files, printable, write_csv
+
+    run = load_run(args.checkpoint, args.device)
+    heads = len(run.model.heads)
+    if args.head is not None and not 0 <= args.head < heads:
+        raise CLIError(f"--head {args.head}: the model has heads 0..{heads - 1}")
+    workers = run.cfg.data.workers if args.workers is None else args.workers
+    preds = predict_files(run, args.paths, args.batch_size, workers)
+    if preds.unreadable:
+        print(f"warning: {len(preds.unreadable)} unreadable file(s) skipped:", file=sys.stderr)
+        for path, reason in preds.unreadable:
+            print(f"  {printable(path)}: {reason}", file=sys.stderr)
+    if not preds.paths:
+        raise CLIError(f"none of the {len(preds.unreadable)} input file(s) could be read")
+    rows = preds.rows(None if args.head is None else [args.head])
+    if args.out == "-":
+        sys.stdout.reconfigure(errors="surrogateescape")
+        write_csv(rows, sys.stdout)
+        return 0
+    try:
+        with open(args.out, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+            count = write_csv(rows, f)
+    except OSError as e:
+        raise CLIError(f"--out: cannot write '{args.out}' ({e.strerror or e})") from None
+    print(f"wrote {count} rows for {len(preds.paths)} images to {args.out}")
+    return 0
+
+
+def _report_parser(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write an HTML gallery of the classes one head found",
+        description="Write DIR/index.html (and DIR/grid.png): each predicted class of a head "
+        "with its size and most confident images, classes by confidence, a bar chart of class "
+        "sizes, and the metrics when labels are known.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--data", help="images to show (default: the checkpoint's training data)")
+    p.add_argument("--split", choices=["train", "test", "all"])
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--head", type=int, default=0, help="head to show (default 0)")
+    p.add_argument("--per-class", type=_positive_int, default=16, help="images per class")
+    p.add_argument("--max-classes", type=_positive_int, help="sections for this many classes")
+    _inference_flags(p)
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from selfclassifier.evaluation import load_run, write_run_report
+
+    run = load_run(args.checkpoint, args.device)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out: cannot create '{args.out}' ({e.strerror or e})") from None
+    index = write_run_report(
+        run,
+        args.out,
+        data=args.data,
+        split=args.split,
+        head=args.head,
+        per_class=args.per_class,
+        max_classes=args.max_classes,
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
+    print(f"wrote {index}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfclassifier",
@@ -122,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _evaluate_parser(sub)
+    _predict_parser(sub)
+    _report_parser(sub)
     return parser
 
 
@@ -133,8 +313,22 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (CLIError, ConfigError, DataError, CheckpointError, UnknownBackbone)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Notices about the user's data (skipped images) as one 'warning:' line, not a code trace."""
+    from selfclassifier.data import UnreadableImageWarning
+
+    if issubclass(category, UnreadableImageWarning):
+        print(f"warning: {_one_line(message)}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     from selfclassifier.train import Interrupted, TrainingError
 
     try:

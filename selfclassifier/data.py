@@ -41,6 +41,7 @@ __all__ = [
     "UnreadableImage",
     "UnreadableImageWarning",
     "build_dataset",
+    "has_splits",
     "is_labelled",
     "load_digits_dataset",
     "load_idx_dataset",
@@ -845,6 +846,21 @@ def build_dataset(spec: str, split: str = "all", mode: str = "RGB", strict: bool
         f"dataset {_display(spec)!r} {problem}; use 'digits', 'fashion_mnist', a directory of "
         "MNIST-style IDX files, or a directory of images (root/CLASS/*.jpg or any nesting)"
     )
+
+
+def has_splits(spec: str) -> bool:
+    """True when ``spec`` names data with its own train/test split: digits, Fashion-MNIST,
+    an IDX folder, or an image folder whose subfolders are train/ and test/ (or val/).
+    Looks at names only (nothing is decoded), so it is cheap on large folders."""
+    spec = os.fsdecode(os.fspath(spec))
+    if spec.strip().lower() in ("digits", "fashion_mnist", "fashion-mnist"):
+        return True
+    if not os.path.isdir(spec):
+        return False
+    if _has_idx_files(spec):
+        return True
+    splits = _split_dirs(spec)
+    return "train" in splits and ("test" in splits or "val" in splits)
 
 
 def _fixed_split(split: str, spec: str) -> str:

@@ -16,12 +16,27 @@ from selfclassifier.model import SelfClassifier
 @dataclass
 class Outputs:
     """Per-sample results, all on CPU: features (N, D), embeddings (N, d), probs [h] (N, C_h),
-    labels (N,) with -1 where unknown."""
+    labels (N,) with -1 where unknown; pixels (N, C*H*W), the model's normalised input, only
+    when asked for (it is large)."""
 
     features: torch.Tensor
     embeddings: torch.Tensor
     probs: list[torch.Tensor]
     labels: torch.Tensor
+    pixels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> Outputs:
+        """The rows ``index`` (int64 (M,)) of every field."""
+        return Outputs(
+            self.features[index],
+            self.embeddings[index],
+            [p[index] for p in self.probs],
+            self.labels[index],
+            None if self.pixels is None else self.pixels[index],
+        )
 
     def predictions(self, head: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(class ids, confidence = probability of that class) for one head."""
@@ -53,12 +68,21 @@ def eval_loader(
 
 
 @torch.no_grad()
-def run_model(model: SelfClassifier, loader, device: torch.device, row_tau: float = 0.1) -> Outputs:
-    """Features, embeddings and row-softmax probabilities (at ``row_tau``) for every sample."""
+def run_model(
+    model: SelfClassifier,
+    loader,
+    device: torch.device,
+    row_tau: float = 0.1,
+    keep_pixels: bool = False,
+) -> Outputs:
+    """Features, embeddings and row-softmax probabilities (at ``row_tau``) for every sample;
+    with ``keep_pixels`` also the flattened input images."""
     model.eval()
-    feats, embs, labels = [], [], []
+    feats, embs, labels, pixels = [], [], [], []
     probs: list[list[torch.Tensor]] = [[] for _ in model.heads]
     for images, target in loader:
+        if keep_pixels:
+            pixels.append(images.float().flatten(1).cpu())
         images = images.to(device, non_blocking=True)
         f = model.features(images)
         e = model.project(f)
@@ -68,7 +92,11 @@ def run_model(model: SelfClassifier, loader, device: torch.device, row_tau: floa
         embs.append(e.float().cpu())
         labels.append(torch.as_tensor(target).long())
     return Outputs(
-        torch.cat(feats), torch.cat(embs), [torch.cat(p) for p in probs], torch.cat(labels)
+        torch.cat(feats),
+        torch.cat(embs),
+        [torch.cat(p) for p in probs],
+        torch.cat(labels),
+        torch.cat(pixels) if keep_pixels else None,
     )
 
 

@@ -25,6 +25,7 @@ from sklearn.metrics import (
 __all__ = [
     "cluster_metrics",
     "contingency",
+    "format_table",
     "head_metrics",
     "hungarian_acc",
     "many_to_one_acc",
@@ -161,3 +162,23 @@ def head_metrics(labels: Any, preds: Any, num_classes: int) -> dict[str, float |
         out["acc_many_to_one"] = many_to_one_acc(labels, preds)
     out["active_classes"] = len(np.unique(preds))
     return out
+
+
+def format_table(heads: list[dict]) -> str:
+    """Per-head scores (as from :func:`head_metrics`) as a fixed-width text table."""
+    cols = ["classes", "nmi", "ami", "ari", "acc", "acc_many_to_one"]
+    lines = [
+        "head  " + "  ".join(f"{c:>15}" if c == "acc_many_to_one" else f"{c:>7}" for c in cols)
+    ]
+    for i, h in enumerate(heads):
+        cells = []
+        for c in cols:
+            v = h.get(c)
+            w = 15 if c == "acc_many_to_one" else 7
+            cells.append(
+                f"{'-':>{w}}"
+                if v is None
+                else (f"{v:>{w}d}" if isinstance(v, int) else f"{v:>{w}.4f}")
+            )
+        lines.append(f"{i:>4}  " + "  ".join(cells))
+    return "\n".join(lines)

@@ -35,9 +35,16 @@ from selfclassifier.checkpoint import (
 )
 from selfclassifier.config import Config, ConfigError, to_yaml
 from selfclassifier.data import ImageFileDataset, TensorImageDataset, build_dataset, is_labelled
+from selfclassifier.evaluation import (
+    ProbeSource,
+    head_scores,
+    knn_record,
+    probe_outputs,
+    probe_source,
+)
 from selfclassifier.inference import dataset_channels, eval_loader, run_model
 from selfclassifier.loss import SelfClassifierLoss
-from selfclassifier.metrics import head_metrics
+from selfclassifier.metrics import format_table
 from selfclassifier.optim import build_optimizer, cosine_lr, set_lr
 from selfclassifier.queue import NNQueue
 
@@ -332,6 +339,7 @@ class Trainer:
         self.net = self._wrap(MultiCropForward(self.model))
         self._stop_signal: int | None = None  # set by the handler, on this rank only
         self._stopping = False  # agreed by all ranks at a step boundary
+        self._probe: ProbeSource | None = None  # kNN memory/queries of eval_every, built once
 
     # -- setup helpers
 
@@ -575,17 +583,41 @@ class Trainer:
 
     # -- evaluation during and after training
 
+    def _outputs(self, ds: Dataset, batch_size: int = 512):
+        loader = eval_loader(ds, self.cfg.augment, self.channels, batch_size, self.cfg.data.workers)
+        return run_model(self.model, loader, self.device, self.cfg.loss.row_tau)
+
     def evaluate(self, batch_size: int = 512) -> list[dict] | None:
         """Each head's NMI/AMI/ARI/ACC on the training data (when it has labels)."""
         if not is_labelled(self.dataset):
             return None
-        loader = eval_loader(
-            self.dataset, self.cfg.augment, self.channels, batch_size, self.cfg.data.workers
+        return head_scores(self._outputs(self.dataset, batch_size))
+
+    def monitor(self) -> dict:
+        """The ``eval_every`` record: each head's scores on the training data and kNN top-1.
+
+        kNN uses backbone features with the memory / queries of ``selfclassifier evaluate
+        --knn`` (the dataset's train / test split, or a fixed 75/25 hold-out of a folder
+        without splits), so the logged curve ends at the number evaluate reports.
+        """
+        if not is_labelled(self.dataset):
+            return {}
+        out = self._outputs(self.dataset)
+        if self._probe is None:
+            mode = "L" if self.cfg.data.grayscale else "RGB"
+            self._probe = probe_source(self.cfg.data.path, self.cfg.data.split, None, mode)
+        memory, queries = probe_outputs(self._probe, out, self._outputs)
+        knn = knn_record(memory.features, memory.labels, queries.features, queries.labels)
+        return {"heads": head_scores(out), "knn": knn}
+
+    def _log_monitor(self, epoch: int, summary: dict) -> None:
+        if not self.main or "knn" not in summary:
+            return
+        head = summary["heads"][0]
+        self.log(
+            f"epoch {epoch + 1}: kNN top-1 {summary['knn']['top1']:.4f}, head 0 "
+            f"NMI {head['nmi']:.4f} ACC {head['acc']:.4f}"
         )
-        out = run_model(self.model, loader, self.device, self.cfg.loss.row_tau)
-        return [
-            head_metrics(out.labels.numpy(), p.argmax(1).numpy(), p.shape[1]) for p in out.probs
-        ]
 
     # -- the whole run
 
@@ -613,7 +645,8 @@ class Trainer:
                 state.epoch, state.step = epoch + 1, 0
                 summary["seconds"] = round(time.perf_counter() - t0, 2)
                 if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and self.main:
-                    summary["heads"] = self.evaluate()
+                    summary.update(self.monitor())
+                    self._log_monitor(epoch, summary)
                 state.history.append({k: v for k, v in summary.items() if k != "heads"})
                 self._log_metrics({"epoch_end": epoch, **summary})
                 self.save()
@@ -666,25 +699,6 @@ class _Progress:
             self.bar.close()
 
 
-def format_table(heads: list[dict]) -> str:
-    cols = ["classes", "nmi", "ami", "ari", "acc", "acc_many_to_one"]
-    lines = [
-        "head  " + "  ".join(f"{c:>15}" if c == "acc_many_to_one" else f"{c:>7}" for c in cols)
-    ]
-    for i, h in enumerate(heads):
-        cells = []
-        for c in cols:
-            v = h.get(c)
-            w = 15 if c == "acc_many_to_one" else 7
-            cells.append(
-                f"{'-':>{w}}"
-                if v is None
-                else (f"{v:>{w}d}" if isinstance(v, int) else f"{v:>{w}.4f}")
-            )
-        lines.append(f"{i:>4}  " + "  ".join(cells))
-    return "\n".join(lines)
-
-
 def fit(
     cfg: Config,
     out_dir: str | os.PathLike,
@@ -702,4 +716,12 @@ def fit(
         dist.shutdown()
 
 
-__all__ = ["Trainer", "fit", "MultiCropForward", "local_batches", "epoch_order", "F"]
+__all__ = [
+    "Trainer",
+    "fit",
+    "format_table",
+    "MultiCropForward",
+    "local_batches",
+    "epoch_order",
+    "F",
+]

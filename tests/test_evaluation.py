@@ -1,0 +1,289 @@
+"""``selfclassifier evaluate`` / ``report`` and ``train --eval-every`` on tiny trained runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder
+from PIL import Image
+from test_report import assert_img_srcs_resolve, parse, require_chromium, run_headless
+
+from selfclassifier.cli import main
+from selfclassifier.data import DataError, TensorImageDataset, build_dataset
+from selfclassifier.evaluate import kmeans_metrics, knn_top1
+from selfclassifier.evaluation import (
+    features_of,
+    holdout_indices,
+    load_run,
+    match_channels,
+    probe_source,
+)
+from selfclassifier.metrics import head_metrics
+
+HEAD_KEYS = {"classes", "nmi", "ami", "ari", "acc"}
+WHERE_KEYS = {"memory", "memory_samples", "queries", "query_samples"}
+
+
+def evaluate_json(tmp_path, *args: str) -> dict:
+    """Run ``selfclassifier evaluate ARGS --json FILE`` in process; the parsed FILE."""
+    path = tmp_path / "eval.json"
+    assert main(["evaluate", *args, "--device", "cpu", "--workers", "0", "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def assert_scores(scores: dict) -> None:
+    for key in ("nmi", "ami", "ari", "acc"):
+        assert isinstance(scores[key], float), key
+        assert -1.0 <= scores[key] <= 1.0, (key, scores[key])
+
+
+# ----------------------------------------------------------------------------- data rules
+
+
+def test_holdout_is_fixed_stratified_and_disjoint():
+    labels = torch.arange(4).repeat_interleave(20)
+    labels[::7] = -1  # unknown labels take part in neither side
+    train, test = holdout_indices(labels)
+    again = holdout_indices(labels)
+    assert torch.equal(train, again[0]) and torch.equal(test, again[1])
+    assert not set(train.tolist()) & set(test.tolist())
+    assert sorted(train.tolist() + test.tolist()) == torch.nonzero(labels >= 0).flatten().tolist()
+    assert len(test) == round(0.25 * int((labels >= 0).sum()))
+    # Stratified: each class keeps its share in the queries (+-1 for rounding).
+    per_class = torch.bincount(labels[test], minlength=4)
+    assert per_class.min() >= per_class.max() - 1
+
+
+def test_holdout_needs_two_labelled_samples():
+    with pytest.raises(DataError, match="--train-data"):
+        holdout_indices(torch.tensor([0, -1, -1]))
+
+
+def test_probe_source_rules(tmp_path):
+    folder = make_image_folder(tmp_path / "plain", per_class=2)
+    source = probe_source(str(folder), "all", None, "RGB")
+    assert source.holdout and source.memory is None
+    split = tmp_path / "split"
+    make_image_folder(split / "train", per_class=2)
+    make_image_folder(split / "val", per_class=1)
+    source = probe_source(str(split), "all", None, "RGB")
+    assert not source.holdout and len(source.memory) == 6 and len(source.queries) == 3
+    # Evaluating the test split itself: its outputs are the queries, no second pass.
+    source = probe_source("digits", "test", None, "L")
+    assert len(source.memory) == 1347 and source.queries is None
+    source = probe_source("digits", "all", str(folder), "L")
+    assert len(source.memory) == 6 and source.queries is None
+    with pytest.raises(DataError, match="no labels"):
+        flat = tmp_path / "flat"
+        flat.mkdir()
+        (folder / "red" / "00.png").rename(flat / "a.png")
+        probe_source("digits", "all", str(flat), "L")
+
+
+def test_match_channels_converts_in_memory_images():
+    grey = TensorImageDataset(torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4), [0])
+    rgb = match_channels(grey, 3)
+    assert rgb.images.shape == (1, 3, 4, 4) and torch.equal(rgb.images[:, 1:2], grey.images)
+    back = match_channels(rgb, 1)
+    assert torch.equal(back.images, grey.images)  # luma weights sum to 1
+    assert match_channels(grey, 1) is grey
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def test_eval_every_logs_knn_and_heads(digits_run):
+    records = [
+        json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().split("\n") if line
+    ]
+    epoch_ends = [r for r in records if "epoch_end" in r]
+    assert len(epoch_ends) == 1
+    knn = epoch_ends[0]["knn"]
+    assert knn["k"] == 20 and 0.0 <= knn["top1"] <= 1.0
+    assert [h["classes"] for h in epoch_ends[0]["heads"]] == [10, 20]
+    assert all(HEAD_KEYS <= set(h) for h in epoch_ends[0]["heads"])
+
+
+def test_evaluate_defaults_reproduce_training_scores(digits_run, tmp_path):
+    """No --data: the recorded data and split, so the heads match train's eval.json."""
+    # The batch size of training's own evaluation, so even float ties break the same way.
+    result = evaluate_json(tmp_path, str(digits_run / "checkpoint.pt"), "--batch-size", "512")
+    assert set(result) == {"checkpoint", "data", "features", "heads"}
+    assert result["data"] == {"path": "digits", "split": "test", "samples": 450}
+    trained = json.loads((digits_run / "eval.json").read_text())["heads"]
+    assert result["heads"] == pytest.approx(trained)
+
+
+def test_evaluate_every_protocol(digits_run, tmp_path, capsys):
+    ckpt = str(digits_run / "checkpoint.pt")
+    result = evaluate_json(tmp_path, ckpt, "--knn", "--linear", "--kmeans")
+    assert set(result) == {"checkpoint", "data", "features", "heads", "knn", "linear", "kmeans"}
+    assert result["features"] == "backbone"
+    assert [h["classes"] for h in result["heads"]] == [10, 20]
+    for head in result["heads"]:
+        assert HEAD_KEYS <= set(head)
+        assert_scores(head)
+    assert "acc_many_to_one" in result["heads"][1]  # 20 classes > 10 labels
+    knn, linear = result["knn"], result["linear"]
+    assert {"k", "temperature", "top1"} | WHERE_KEYS <= set(knn)
+    assert knn["k"] == 20 and knn["temperature"] == 0.07
+    # Digits' fixed split: train-split memory, test-split queries (the evaluation data here).
+    assert (knn["memory_samples"], knn["query_samples"]) == (1347, 450)
+    assert {"top1", "train_top1"} | WHERE_KEYS <= set(linear)
+    for value in (knn["top1"], linear["top1"], linear["train_top1"]):
+        assert 0.0 <= value <= 1.0
+    # Even after one tiny epoch, frozen features beat chance (0.1) by far.
+    assert knn["top1"] > 0.3 and linear["top1"] > 0.3
+    assert result["kmeans"]["k"] == 10
+    assert_scores(result["kmeans"])
+    printed = capsys.readouterr().out
+    assert f"top-1 {knn['top1']:.4f}" in printed and "k-means (k=10" in printed
+
+
+def test_evaluate_feature_kinds(digits_run, tmp_path):
+    ckpt = str(digits_run / "checkpoint.pt")
+    runs = {
+        kind: evaluate_json(tmp_path, ckpt, "--knn", "--kmeans", "--features", kind)
+        for kind in ("embedding", "pixels")
+    }
+    assert runs["pixels"]["features"] == "pixels"
+    assert_scores(runs["embedding"]["kmeans"])
+    assert 0.0 <= runs["embedding"]["knn"]["top1"] <= 1.0
+    # The heads do not depend on what the protocols see.
+    assert runs["pixels"]["heads"] == runs["embedding"]["heads"]
+    # Known answer: pixels are digits' raw intensities, whatever the model learnt.
+    train, test = (build_dataset("digits", split) for split in ("train", "test"))
+    raw = [ds.images.flatten(1).float() / 255 for ds in (train, test)]
+    expected = knn_top1(raw[0], train.targets, raw[1], test.targets, k=20)
+    assert runs["pixels"]["knn"]["top1"] == pytest.approx(expected, abs=1e-6)
+    assert expected > 0.9  # sklearn's digits are easy for kNN on pixels
+    kmeans = kmeans_metrics(raw[1], test.targets, k=10)
+    assert runs["pixels"]["kmeans"] == pytest.approx({"k": 10, **kmeans}, abs=1e-6)
+
+
+def test_pixel_features_are_the_raw_images(digits_run):
+    run = load_run(digits_run / "checkpoint.pt", "cpu")
+    ds = build_dataset("digits", "test", mode="L")
+    out = run.extract(ds, keep_pixels=True)
+    pixels = features_of(out, "pixels", run.cfg.augment, run.channels)
+    expected = ds.images.flatten(1).float() / 255
+    torch.testing.assert_close(pixels, expected, atol=1e-6, rtol=0)
+
+
+def test_evaluate_superclasses(digits_run, tmp_path):
+    ckpt = str(digits_run / "checkpoint.pt")
+    identity = tmp_path / "identity.tsv"
+    identity.write_text("".join(f"{d}\tdigit {d}\n" for d in range(10)))
+    parity = tmp_path / "parity.tsv"
+    parity.write_text("# digit -> parity\n" + "".join(f"{d}\t{'eo'[d % 2]}\n" for d in range(10)))
+    same = evaluate_json(tmp_path, ckpt, "--superclasses", str(identity))
+    # A one-to-one renaming of the classes changes no score.
+    assert same["superclasses"]["heads"] == pytest.approx(same["heads"])
+    result = evaluate_json(tmp_path, ckpt, "--superclasses", str(parity))
+    sup = result["superclasses"]
+    assert sup["classes"] == 2 and sup["names"] == ["e", "o"]
+    # Known answer: score the same predictions against parity labels by hand.
+    run = load_run(digits_run / "checkpoint.pt", "cpu")
+    out = run.extract(build_dataset("digits", "test", mode="L"))
+    parity_labels = out.labels.numpy() % 2
+    for h, probs in enumerate(out.probs):
+        expected = head_metrics(parity_labels, probs.argmax(1).numpy(), probs.shape[1])
+        assert sup["heads"][h] == pytest.approx(expected)
+        assert "acc_many_to_one" in sup["heads"][h]
+
+
+def test_evaluate_with_train_data(digits_run, tmp_path):
+    result = evaluate_json(
+        tmp_path, str(digits_run / "checkpoint.pt"), "--data", "digits", "--split", "test",
+        "--train-data", "digits", "--knn", "--linear",
+    )  # fmt: skip
+    for protocol in ("knn", "linear"):
+        where = {k: result[protocol][k] for k in WHERE_KEYS}
+        assert where == {
+            "memory": "digits (all)",
+            "memory_samples": 1797,
+            "queries": "digits (test)",
+            "query_samples": 450,
+        }
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.pt"], "not found"),
+        (["{ckpt}", "--data", "{flat}"], "has no labels"),
+        (["{ckpt}", "--superclasses", "{missing}"], "--superclasses: cannot read"),
+        (["{ckpt}", "--superclasses", "{bad}"], "not one of the dataset's classes"),
+        (["{ckpt}", "--data", "nowhere"], "is not a known dataset"),
+        (["{ckpt}", "--device", "cuda:7"], "--device"),
+    ],
+)
+def test_evaluate_errors_are_one_line(digits_run, tmp_path, capsys, args, message):
+    if message == "--device" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(flat / "a.png")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("ten\tbig\n")
+    names = {"ckpt": digits_run / "checkpoint.pt", "flat": flat, "missing": tmp_path / "x.tsv"}
+    args = [a.format(**names, bad=bad) for a in args]
+    assert main(["evaluate", *args, "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def test_evaluate_folder_without_splits_uses_a_holdout(folder_run, tmp_path):
+    out, data = folder_run
+    result = evaluate_json(tmp_path, str(out / "checkpoint.pt"), "--knn", "--linear", "--kmeans")
+    assert result["data"] == {"path": str(data), "split": "all", "samples": 24}
+    knn = result["knn"]
+    assert (knn["memory_samples"], knn["query_samples"]) == (18, 6)
+    assert "hold-out" in knn["memory"] and "hold-out" in knn["queries"]
+    assert result["kmeans"]["k"] == 3
+    # Three flat colours: any non-degenerate feature separates them.
+    assert knn["top1"] == 1.0 and result["linear"]["top1"] == 1.0
+
+
+def test_report_on_digits(digits_run, tmp_path, capsys):
+    report = tmp_path / "report"
+    args = ["report", str(digits_run / "checkpoint.pt"), "--out", str(report)]
+    assert main([*args, "--head", "1", "--device", "cpu"]) == 0
+    assert f"wrote {report / 'index.html'}" in capsys.readouterr().out
+    page = (report / "index.html").read_text(encoding="utf-8")
+    assert "head 1 (20 classes)" in page and "metrics" in page
+    assert (report / "grid.png").is_file()
+    imgs = assert_img_srcs_resolve(report / "index.html")
+    assert 0 < len(imgs) <= 20 * 16
+    assert main([*args, "--head", "2"]) == 2
+    assert "--head 2: the model has heads 0..1" in capsys.readouterr().err
+
+
+def test_report_on_files_loads_in_headless_chromium(folder_run, tmp_path):
+    chromium = require_chromium()
+    out, data = folder_run
+    report = tmp_path / "report"
+    assert main(["report", str(out / "checkpoint.pt"), "--out", str(report), "--workers", "0"]) == 0
+    index = report / "index.html"
+    imgs = assert_img_srcs_resolve(index)
+    sections = parse(index).sections
+    assert 1 <= len(sections) <= 3
+    dom = run_headless(chromium, tmp_path / "profile", "--dump-dom", index.resolve().as_uri())
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, dom[:2000]
+    counts = dict(re.findall(r'data-([a-z-]+)-images="(\d+)"', body.group(1)))
+    assert counts["broken"] == "0" and counts["loaded"] == counts["total"] == str(len(imgs))
+    shot = tmp_path / "report.png"
+    run_headless(
+        chromium, tmp_path / "profile", "--window-size=1000,1400", f"--screenshot={shot}",
+        index.resolve().as_uri(),
+    )  # fmt: skip
+    assert shot.stat().st_size > 10_000
