@@ -69,6 +69,8 @@ __all__ = [
     "probe_outputs",
     "probe_source",
     "resolve_device",
+    "superclass_mapping",
+    "superclass_scores",
     "write_run_report",
 ]
 
@@ -350,6 +352,8 @@ def evaluate_run(run: LoadedRun, opts: EvalOptions, log: Callable[[str], None] =
     recorded = opts.data is None
     ds = open_data(spec, split, run.mode, recorded)
     require_labels(ds, spec, "data")
+    if opts.superclasses is not None:  # a bad mapping fails before the model runs
+        fine_to_super, super_names = superclass_mapping(opts.superclasses, ds)
     workers = run.cfg.data.workers if opts.workers is None else opts.workers
     extract_ds = functools.partial(
         run.extract,
@@ -391,7 +395,9 @@ def evaluate_run(run: LoadedRun, opts: EvalOptions, log: Callable[[str], None] =
         k = len(torch.unique(out.labels[out.labels >= 0]))
         result["kmeans"] = {"k": k, **_scored(kmeans_metrics, feats(out), out.labels, k)}
     if opts.superclasses is not None:
-        result["superclasses"] = superclass_scores(out, getattr(ds, "classes", None), opts)
+        result["superclasses"] = superclass_scores(
+            out, fine_to_super, super_names, opts.superclasses
+        )
     return result
 
 
@@ -403,20 +409,26 @@ def _scored(protocol, *args, **kwargs):
         raise DataError(f"{protocol.__name__}: {e}") from None
 
 
-def superclass_scores(out: Outputs, class_names: list[str] | None, opts: EvalOptions) -> dict:
-    """Each head scored against superclass labels from ``opts.superclasses``."""
-    path = opts.superclasses
+def superclass_mapping(path: str, ds: Dataset) -> tuple[np.ndarray, list[str]]:
+    """:func:`load_superclass_mapping` for the class names of ``ds``, one-line DataErrors."""
+    class_names = getattr(ds, "classes", None)
     if not class_names:
         raise DataError("--superclasses needs class names, and the evaluation data has none")
     try:
-        fine_to_super, names = load_superclass_mapping(path, class_names)
+        return load_superclass_mapping(path, class_names)
     except OSError as e:
         raise DataError(f"--superclasses: cannot read '{path}' ({e.strerror or e})") from None
     except ValueError as e:
         raise DataError(f"--superclasses: {e}") from None
+
+
+def superclass_scores(
+    out: Outputs, fine_to_super: np.ndarray, names: list[str], mapping: str = ""
+) -> dict:
+    """Each head scored against the superclass labels ``fine_to_super[label]``."""
     labels = torch.from_numpy(relabel(out.labels, fine_to_super))
     return {
-        "mapping": str(path),
+        "mapping": str(mapping),
         "classes": len(names),
         "names": names,
         "heads": head_scores(out, labels),

@@ -13,16 +13,20 @@ from PIL import Image
 from test_report import assert_img_srcs_resolve, parse, require_chromium, run_headless
 
 from selfclassifier.cli import main
+from selfclassifier.config import AugmentConfig
 from selfclassifier.data import DataError, TensorImageDataset, build_dataset
 from selfclassifier.evaluate import kmeans_metrics, knn_top1
 from selfclassifier.evaluation import (
     features_of,
+    head_scores,
     holdout_indices,
     load_run,
     match_channels,
     probe_source,
+    superclass_mapping,
+    superclass_scores,
 )
-from selfclassifier.metrics import head_metrics
+from selfclassifier.inference import Outputs
 
 HEAD_KEYS = {"classes", "nmi", "ami", "ari", "acc"}
 WHERE_KEYS = {"memory", "memory_samples", "queries", "query_samples"}
@@ -115,13 +119,21 @@ def test_evaluate_defaults_reproduce_training_scores(digits_run, tmp_path):
     assert set(result) == {"checkpoint", "data", "features", "heads"}
     assert result["data"] == {"path": "digits", "split": "test", "samples": 450}
     trained = json.loads((digits_run / "eval.json").read_text())["heads"]
-    assert result["heads"] == pytest.approx(trained)
+    assert len(result["heads"]) == len(trained)
+    for ours, theirs in zip(result["heads"], trained, strict=True):
+        assert ours == pytest.approx(theirs)
 
 
 def test_evaluate_every_protocol(digits_run, tmp_path, capsys):
     ckpt = str(digits_run / "checkpoint.pt")
-    result = evaluate_json(tmp_path, ckpt, "--knn", "--linear", "--kmeans")
-    assert set(result) == {"checkpoint", "data", "features", "heads", "knn", "linear", "kmeans"}
+    parity = tmp_path / "parity.tsv"
+    parity.write_text("# digit -> parity\n" + "".join(f"{d}\t{'eo'[d % 2]}\n" for d in range(10)))
+    result = evaluate_json(
+        tmp_path, ckpt, "--knn", "--linear", "--kmeans", "--superclasses", str(parity)
+    )
+    assert set(result) == {
+        "checkpoint", "data", "features", "heads", "knn", "linear", "kmeans", "superclasses"
+    }  # fmt: skip
     assert result["features"] == "backbone"
     assert [h["classes"] for h in result["heads"]] == [10, 20]
     for head in result["heads"]:
@@ -140,29 +152,68 @@ def test_evaluate_every_protocol(digits_run, tmp_path, capsys):
     assert knn["top1"] > 0.3 and linear["top1"] > 0.3
     assert result["kmeans"]["k"] == 10
     assert_scores(result["kmeans"])
+    sup = result["superclasses"]
+    assert sup["classes"] == 2 and sup["names"] == ["e", "o"]
+    assert [h["classes"] for h in sup["heads"]] == [10, 20]
+    assert all("acc_many_to_one" in h for h in sup["heads"])  # both heads > 2 superclasses
     printed = capsys.readouterr().out
     assert f"top-1 {knn['top1']:.4f}" in printed and "k-means (k=10" in printed
+    assert "superclasses (2, from" in printed
 
 
-def test_evaluate_feature_kinds(digits_run, tmp_path):
+def fake_outputs(labels, preds_per_head, classes_per_head) -> Outputs:
+    """Outputs whose heads predict ``preds_per_head`` (one-hot probabilities)."""
+    n = len(labels)
+    probs = [
+        torch.nn.functional.one_hot(torch.as_tensor(p), c).float()
+        for p, c in zip(preds_per_head, classes_per_head, strict=True)
+    ]
+    return Outputs(torch.zeros(n, 4), torch.zeros(n, 2), probs, torch.as_tensor(labels))
+
+
+def test_superclass_scores_known_answers(tmp_path):
+    names = ["cat", "dog", "oak", "elm"]
+    labels = [0, 1, 2, 3, 0, 1, 2, 3]
+    out = fake_outputs(labels, [[0, 0, 1, 1, 0, 0, 1, 2], [5, 4, 3, 2, 5, 4, 3, 2]], [3, 6])
+    mapping = tmp_path / "map.tsv"
+    mapping.write_text("cat\tanimal\ndog\tanimal\noak\ttree\nelm\ttree\n")
+    ds = TensorImageDataset(torch.zeros(8, 1, 2, 2, dtype=torch.uint8), labels, names)
+    sup = superclass_scores(out, *superclass_mapping(str(mapping), ds))
+    assert sup["names"] == ["animal", "tree"] and sup["classes"] == 2
+    # Head 0 finds the superclasses except one elm, called class 2.
+    assert sup["heads"][0]["acc"] == pytest.approx(7 / 8)
+    assert sup["heads"][0]["acc_many_to_one"] == pytest.approx(1.0)
+    # Head 1 finds the fine classes: perfect against them, and many-to-one on superclasses.
+    assert sup["heads"][1]["acc_many_to_one"] == 1.0 and sup["heads"][1]["acc"] == 0.5
+    # A one-to-one renaming of the classes changes no score.
+    renamed = tmp_path / "renamed.tsv"
+    renamed.write_text("".join(f"{n}\t{n.upper()}\n" for n in names))
+    same = superclass_scores(out, *superclass_mapping(str(renamed), ds))
+    for ours, fine in zip(same["heads"], head_scores(out), strict=True):
+        assert ours == pytest.approx(fine)
+
+
+def test_feature_kinds_pick_outputs():
+    out = Outputs(torch.ones(2, 3), torch.zeros(2, 2), [], torch.tensor([0, 1]), torch.zeros(2, 4))
+    aug = AugmentConfig(mean=[0.25], std=[0.5])
+    assert features_of(out, "backbone", aug, 1) is out.features
+    assert features_of(out, "embedding", aug, 1) is out.embeddings
+    torch.testing.assert_close(features_of(out, "pixels", aug, 1), torch.full((2, 4), 0.25))
+
+
+def test_evaluate_pixel_features_known_answer(digits_run, tmp_path):
+    """Pixels are digits' raw intensities, whatever the model learnt: kNN and k-means on
+    them are fixed numbers we can compute here without the model."""
     ckpt = str(digits_run / "checkpoint.pt")
-    runs = {
-        kind: evaluate_json(tmp_path, ckpt, "--knn", "--kmeans", "--features", kind)
-        for kind in ("embedding", "pixels")
-    }
-    assert runs["pixels"]["features"] == "pixels"
-    assert_scores(runs["embedding"]["kmeans"])
-    assert 0.0 <= runs["embedding"]["knn"]["top1"] <= 1.0
-    # The heads do not depend on what the protocols see.
-    assert runs["pixels"]["heads"] == runs["embedding"]["heads"]
-    # Known answer: pixels are digits' raw intensities, whatever the model learnt.
+    result = evaluate_json(tmp_path, ckpt, "--knn", "--kmeans", "--features", "pixels")
+    assert result["features"] == "pixels"
     train, test = (build_dataset("digits", split) for split in ("train", "test"))
     raw = [ds.images.flatten(1).float() / 255 for ds in (train, test)]
     expected = knn_top1(raw[0], train.targets, raw[1], test.targets, k=20)
-    assert runs["pixels"]["knn"]["top1"] == pytest.approx(expected, abs=1e-6)
+    assert result["knn"]["top1"] == pytest.approx(expected, abs=1e-6)
     assert expected > 0.9  # sklearn's digits are easy for kNN on pixels
     kmeans = kmeans_metrics(raw[1], test.targets, k=10)
-    assert runs["pixels"]["kmeans"] == pytest.approx({"k": 10, **kmeans}, abs=1e-6)
+    assert result["kmeans"] == pytest.approx({"k": 10, **kmeans}, abs=1e-6)
 
 
 def test_pixel_features_are_the_raw_images(digits_run):
@@ -174,41 +225,20 @@ def test_pixel_features_are_the_raw_images(digits_run):
     torch.testing.assert_close(pixels, expected, atol=1e-6, rtol=0)
 
 
-def test_evaluate_superclasses(digits_run, tmp_path):
-    ckpt = str(digits_run / "checkpoint.pt")
-    identity = tmp_path / "identity.tsv"
-    identity.write_text("".join(f"{d}\tdigit {d}\n" for d in range(10)))
-    parity = tmp_path / "parity.tsv"
-    parity.write_text("# digit -> parity\n" + "".join(f"{d}\t{'eo'[d % 2]}\n" for d in range(10)))
-    same = evaluate_json(tmp_path, ckpt, "--superclasses", str(identity))
-    # A one-to-one renaming of the classes changes no score.
-    assert same["superclasses"]["heads"] == pytest.approx(same["heads"])
-    result = evaluate_json(tmp_path, ckpt, "--superclasses", str(parity))
-    sup = result["superclasses"]
-    assert sup["classes"] == 2 and sup["names"] == ["e", "o"]
-    # Known answer: score the same predictions against parity labels by hand.
-    run = load_run(digits_run / "checkpoint.pt", "cpu")
-    out = run.extract(build_dataset("digits", "test", mode="L"))
-    parity_labels = out.labels.numpy() % 2
-    for h, probs in enumerate(out.probs):
-        expected = head_metrics(parity_labels, probs.argmax(1).numpy(), probs.shape[1])
-        assert sup["heads"][h] == pytest.approx(expected)
-        assert "acc_many_to_one" in sup["heads"][h]
-
-
 def test_evaluate_with_train_data(digits_run, tmp_path):
+    """--train-data is the whole memory (here RGB files read as grey for a 1-channel model);
+    the evaluation data are the queries."""
+    folder = make_image_folder(tmp_path / "memory", per_class=2)
     result = evaluate_json(
-        tmp_path, str(digits_run / "checkpoint.pt"), "--data", "digits", "--split", "test",
-        "--train-data", "digits", "--knn", "--linear",
-    )  # fmt: skip
-    for protocol in ("knn", "linear"):
-        where = {k: result[protocol][k] for k in WHERE_KEYS}
-        assert where == {
-            "memory": "digits (all)",
-            "memory_samples": 1797,
-            "queries": "digits (test)",
-            "query_samples": 450,
-        }
+        tmp_path, str(digits_run / "checkpoint.pt"), "--train-data", str(folder), "--knn"
+    )
+    where = {k: result["knn"][k] for k in WHERE_KEYS}
+    assert where == {
+        "memory": f"{folder} (all)",
+        "memory_samples": 6,
+        "queries": "digits (test)",
+        "query_samples": 450,
+    }
 
 
 @pytest.mark.parametrize(
