@@ -6,7 +6,11 @@ upright, with transparency composited on white. A file that cannot be decoded is
 :attr:`Predictions.unreadable` with its reason and does not stop the others.
 
 >>> rows = [("a.png", 0, 3, 0.91), ("a.png", 1, 17, 0.55)]
->>> import io; buffer = io.StringIO(); write_csv(rows, buffer); print(buffer.getvalue().strip())
+>>> import io
+>>> buffer = io.StringIO()
+>>> write_csv(rows, buffer)
+2
+>>> print(buffer.getvalue().strip())
 path,head,class,confidence
 a.png,0,3,0.910000
 a.png,1,17,0.550000
