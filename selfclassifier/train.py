@@ -976,11 +976,11 @@ def _visible_to_all_ranks(path: Path) -> bool:
 
 def check_world_size(batch_size: int) -> None:
     """The global batch must split evenly; checked from the launcher's env before joining."""
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    world = max(dist.world_size(), int(os.environ.get("WORLD_SIZE", "1") or 1))
     if batch_size % world:
         raise ConfigError(
-            f"train.batch_size={batch_size} does not divide across {world} processes; "
-            f"use a multiple of {world}"
+            f"train.batch_size={batch_size} (the global batch) does not divide across "
+            f"{world} processes; use a multiple of {world}"
         )
 
 
