@@ -88,7 +88,7 @@ def test_batch_not_divisible_across_ranks(capsys, tmp_path, dataset_reads, monke
     monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun would set; checked before joining
     code, err = main(capsys, tmp_path / "out", "--batch-size", "64")
     assert code == 2
-    assert_one_error_line(err, "train.batch_size=64 (the global batch) does not divide across 3 processes")
+    assert_one_error_line(err, "train.batch_size=64 (the global batch)", "across 3 processes")
     assert dataset_reads == []
 
 
