@@ -160,6 +160,21 @@ BACKBONES: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
+def check_backbone(name: str) -> None:
+    """Raise UnknownBackbone (one line listing the choices) unless ``name`` can be built."""
+    if name.startswith("timm:"):
+        import importlib.util
+
+        if importlib.util.find_spec("timm") is None:
+            raise UnknownBackbone(f"backbone '{name}' needs timm: pip install timm")
+        return
+    if name not in BACKBONES:
+        raise UnknownBackbone(
+            f"unknown backbone '{name}' (model.backbone); choose one of: "
+            f"{', '.join(sorted(BACKBONES))} (or timm:<model> with timm installed)"
+        )
+
+
 def build_backbone(name: str, in_channels: int = 3, image_size: int = 224) -> nn.Module:
     """Build backbone ``name`` for ``in_channels``-channel images of about ``image_size`` px.
 
@@ -168,11 +183,7 @@ def build_backbone(name: str, in_channels: int = 3, image_size: int = 224) -> nn
     """
     if name.startswith("timm:"):
         return _timm_backbone(name[5:], in_channels)
-    if name not in BACKBONES:
-        raise UnknownBackbone(
-            f"unknown backbone '{name}'; choose one of: {', '.join(sorted(BACKBONES))} "
-            "(or timm:<model> with timm installed)"
-        )
+    check_backbone(name)
     return BACKBONES[name](in_channels, image_size)
 
 

@@ -6,9 +6,12 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,15 +27,34 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or written; ``str(e)`` is one line naming the file."""
 
 
-def save_atomic(obj: dict, path: str | os.PathLike) -> None:
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint or another output file failed (disk full, read-only, quota);
+    the previous version of the file is unchanged."""
+
+
+TMP_PREFIX = "."
+TMP_MARK = ".tmp-"
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f"{TMP_PREFIX}{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def save_atomic(
+    obj: dict,
+    path: str | os.PathLike,
+    before_replace: Callable[[Path], None] | None = None,
+) -> None:
     """Write ``obj`` to ``path`` so that a crash never leaves a half-written file there.
 
     The bytes go to a temporary file in the same directory, are fsynced, and replace ``path``
-    with ``os.replace`` (atomic on POSIX); a failure (disk full, read-only) leaves the previous
-    checkpoint untouched and raises CheckpointError.
+    with ``os.replace`` (atomic on POSIX), then the directory is fsynced so the rename itself
+    survives a power cut. Any failure (disk full, read-only, an interrupt) removes the
+    temporary file and leaves the previous checkpoint untouched; OS errors become
+    CheckpointWriteError. ``before_replace(tmp)`` is a fault-injection point for tests.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_path(path)
     try:
         buffer = io.BytesIO()
         torch.save(obj, buffer)
@@ -40,17 +62,87 @@ def save_atomic(obj: dict, path: str | os.PathLike) -> None:
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as e:
+    except BaseException as e:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise CheckpointWriteError(
+                f"could not write checkpoint '{path}': {_os_reason(e)}; the previous "
+                "checkpoint (if any) is unchanged"
+            ) from None
+        raise
+
+
+def _os_reason(e: OSError) -> str:
+    hint = {
+        errno.ENOSPC: " (free some disk space or pass --out elsewhere, then rerun)",
+        errno.EDQUOT: " (disk quota exceeded; free space or pass --out elsewhere)",
+        errno.EROFS: " (pass --out to a writable directory)",
+        errno.EACCES: " (pass --out to a writable directory)",
+        errno.EPERM: " (pass --out to a writable directory)",
+    }.get(e.errno, "")
+    return f"{e.strerror or e}{hint}"
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Small outputs (config, lists, metrics, eval) also go through a temp file + rename."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(text, encoding="utf-8", errors="replace")
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CheckpointWriteError(
+                f"could not write '{path}': {_os_reason(e)}; the previous version is unchanged"
+            ) from None
+        raise
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete temporary files a killed writer of ``path`` left behind; returns them."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f"{TMP_PREFIX}{path.name}{TMP_MARK}*"):
+        if tmp != _tmp_path(path):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Prove files can be created in ``directory`` (or, if it does not exist yet, in its
+    nearest existing parent) without leaving anything behind; CheckpointError if not."""
+    directory = Path(directory)
+    target = directory
+    while not target.exists() and target.parent != target:
+        target = target.parent
+    if not target.is_dir():
         raise CheckpointError(
-            f"could not write checkpoint '{path}': {e.strerror or e}; the "
-            "previous checkpoint (if any) is unchanged"
-        ) from e
+            f"output directory '{directory}' cannot be created: '{target}' is a file; "
+            "pass --out to a directory"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:  # a bad --out: exit 2 like any other bad input
+        raise CheckpointError(
+            f"output directory '{directory}' is not writable: {_os_reason(e)}"
+        ) from None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -67,27 +159,53 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load_file(path: str | os.PathLike, map_location="cpu") -> dict:
-    """``torch.load(weights_only=True)``; one-line errors for missing, corrupt or unsafe files."""
+    """``torch.load(weights_only=True)``; one-line errors for missing, corrupt or unsafe files.
+
+    The restricted unpickler only rebuilds tensors and plain containers, so a file that
+    carries a pickled object (``__reduce__`` calling ``os.system``, say) is refused before
+    anything in it runs.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' not found")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(_corrupt(path, e)) from None
+        detail = _unsafe_detail(e)
+        if "global" not in detail.lower():
+            raise CheckpointError(
+                f"refusing to load '{path}': the safe loader rejects its content ({detail}); "
+                "the file is corrupt or holds more than tensors and plain data"
+            ) from None
         raise CheckpointError(
-            f"refusing to load '{path}': it holds objects other than tensors and plain data "
-            f"({first[:200]}); only load checkpoints you trust, and convert them with "
-            "'selfclassifier convert'"
+            f"refusing to load '{path}': it contains pickled Python objects, not only "
+            f"tensors and plain data ({detail}), and loading it could run code; "
+            "only checkpoints written by selfclassifier (or converted to its format) are accepted"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint '{path}' is unreadable or truncated "
-            f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
-        ) from None
+    except Exception as e:  # zip, EOF, key and OS errors all mean: not a readable file
+        raise CheckpointError(_corrupt(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint '{path}' is not a selfclassifier checkpoint")
     return obj
+
+
+def _corrupt(path: Path, e: BaseException) -> str:
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return (
+        f"checkpoint '{path}' is unreadable, truncated or not a PyTorch file ({first}); "
+        "use another checkpoint, or delete it to start afresh"
+    )
+
+
+def _unsafe_detail(e: BaseException) -> str:
+    """The line of torch's long message that names the blocked global."""
+    for line in str(e).splitlines():
+        low = line.lower()
+        if "unsupported global" in low or "unsupported operand" in low:
+            return line.strip().rstrip(".")[:200]
+    return "unsupported content"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -107,6 +225,41 @@ def config_of(ckpt: dict) -> Config:
         return from_dict(ckpt["config"])
     except ConfigError as e:
         raise CheckpointError(f"checkpoint config is invalid: {e}") from None
+
+
+# Settings a resumed run must share with its checkpoint: they shape the tensors in it.
+RESUME_KEYS = (
+    ("model", "backbone"),
+    ("model", "heads"),
+    ("model", "hidden_dim"),
+    ("model", "out_dim"),
+    ("model", "mlp_layers"),
+    ("model", "batch_norm"),
+    ("model", "activation"),
+    ("model", "freeze_heads"),
+    ("optim", "optimizer"),
+    ("optim", "exclude_norm_bias"),
+    ("train", "queue_size"),
+)
+
+
+def check_compatible(ckpt: dict, cfg: Config, source: str) -> None:
+    """Refuse, in one line, a checkpoint whose architecture or optimiser differs from ``cfg``.
+
+    Runs before any data is read, so a wrong ``--out`` or ``--resume`` fails at once.
+    """
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint '{source}' holds no config; it cannot be resumed")
+    now = cfg.to_dict()
+    for section, key in RESUME_KEYS:
+        old = (saved.get(section) or {}).get(key, now[section][key])
+        if old != now[section][key]:
+            raise CheckpointError(
+                f"checkpoint '{source}' was trained with {section}.{key}={old!r} but this run "
+                f"asks for {section}.{key}={now[section][key]!r}; use the settings it was "
+                "trained with, or another --out to start a new run"
+            )
 
 
 def build_model(cfg: Config, channels: int, image_size: int) -> SelfClassifier:

@@ -1,19 +1,35 @@
 """Command line: ``selfclassifier train|evaluate|predict|report|...``.
 
 Every user-facing failure is one line on stderr starting with ``error:`` and a non-zero exit
-code (2 for bad input or configuration), never a traceback.
+code, never a traceback. Exit codes (docs/RELIABILITY.md):
+
+* 0 -- finished;
+* 1 -- the run failed while running (non-finite loss, checkpoint write failed, disk full);
+* 2 -- bad input or configuration, found before any training step;
+* 128 + signal (130 SIGINT, 143 SIGTERM) -- stopped by a signal after saving a checkpoint
+  (or, on a second signal, at once with the last checkpoint intact); rerun to resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 
 from selfclassifier.config import ConfigError, list_presets, load_config, parse_set
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_SIGNAL_BASE = 128
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one ``error:`` line (exit 2) like every other error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see '{self.prog} --help')\n")
 
 
 class CLIError(Exception):
@@ -57,7 +73,7 @@ def _train_parser(sub) -> None:
         default=None,
         metavar="CHECKPOINT",
         help="resume (automatic when OUT/checkpoint.pt exists); with a path, start from "
-        "that checkpoint and write later ones to OUT",
+        "that checkpoint when OUT has none yet (OUT's own checkpoint, newer, always wins)",
     )
     p.add_argument(
         "--set",
@@ -105,7 +121,7 @@ def cmd_train(args) -> int:
     if args.resume not in (None, "auto"):
         # Read in place rather than copied into OUT: under torchrun every process runs this.
         resume_from = Path(args.resume)
-        if not resume_from.is_file():
+        if not resume_from.is_file() and not (out / "checkpoint.pt").is_file():
             raise CLIError(f"--resume: checkpoint '{resume_from}' not found")
     elif args.resume == "auto" and not (out / "checkpoint.pt").is_file():
         raise CLIError(f"--resume: no checkpoint in '{out}'; drop --resume to start fresh")
@@ -292,12 +308,12 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="selfclassifier",
         description="Self-Classifier: discover classes and learn representations from "
         "unlabelled images in one end-to-end stage.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
     _evaluate_parser(sub)
     _predict_parser(sub)
@@ -327,24 +343,36 @@ _default_showwarning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     warnings.showwarning = _show_warning
+    from selfclassifier.checkpoint import CheckpointWriteError
     from selfclassifier.train import Interrupted, TrainingError
 
     try:
         return args.func(args)
+    except (TrainingError, CheckpointWriteError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_FAILED
     except _known_errors() as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except TrainingError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 1
     except Interrupted as e:
         print(f"stopped: {_one_line(e)}", file=sys.stderr)
-        return 0
-    except KeyboardInterrupt:
-        print("stopped: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGNAL_BASE + e.signum
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(
+            f"stopped at once by {signal.Signals(signum).name}: not saved; the last "
+            "checkpoint written is intact, run the same command to resume from it",
+            file=sys.stderr,
+        )
+        return EXIT_SIGNAL_BASE + signum
+    except OSError as e:  # the disk or the file system, not the user's input
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _one_line(e: BaseException) -> str:

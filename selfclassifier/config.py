@@ -370,6 +370,17 @@ def validate(cfg: Config) -> None:
         f"data.split must be train, test or all, got '{cfg.data.split}'",
     )
     _check(cfg.data.workers >= 0, f"data.workers must be >= 0, got {cfg.data.workers}")
+    _check(
+        cfg.data.path.strip() != "",
+        "data.path is empty; pass --data digits, fashion_mnist, an IDX folder or an image folder",
+    )
+    _check(o.min_lr >= 0, f"optim.min_lr must be >= 0, got {o.min_lr}")
+    _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
+    _check(o.clip_grad >= 0, f"optim.clip_grad must be >= 0 (0 disables), got {o.clip_grad}")
+    for key in ("checkpoint_every_steps", "eval_every", "queue_start_epoch"):
+        v = getattr(t, key)
+        _check(v >= 0, f"train.{key} must be >= 0 (0 disables), got {v}")
+    _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
 
 
 def to_yaml(cfg: Config) -> str:

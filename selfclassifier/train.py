@@ -9,12 +9,14 @@ OUT/checkpoint.pt, so a killed run restarted with the same command continues whe
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,16 +27,27 @@ from torch.utils.data import DataLoader, Dataset
 
 from selfclassifier import dist
 from selfclassifier.augment import BatchedMultiCrop, ClassicMultiCrop
+from selfclassifier.backbones import check_backbone
 from selfclassifier.checkpoint import (
     FORMAT,
     CheckpointError,
     build_model,
+    check_compatible,
+    check_writable,
     load_checkpoint,
     load_state,
+    remove_stale_temporaries,
     save_atomic,
+    write_text_atomic,
 )
 from selfclassifier.config import Config, ConfigError, to_yaml
-from selfclassifier.data import ImageFileDataset, TensorImageDataset, build_dataset, is_labelled
+from selfclassifier.data import (
+    DataError,
+    TensorImageDataset,
+    UnreadableImageWarning,
+    build_dataset,
+    is_labelled,
+)
 from selfclassifier.evaluation import (
     ProbeSource,
     head_scores,
@@ -134,10 +147,32 @@ class _ClassicViews(Dataset):
         return len(self.ds)
 
     def __getitem__(self, i: int):
-        image, _ = self.ds[i]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.seed, self.epoch, i))
-            return self.transform(image)
+        # Unreadable files are already replaced by ImageFileDataset; anything else that fails
+        # on one sample (a transform on a pathological image) falls through to the next
+        # sample, with sample i's seed, so one bad item never crashes a worker or an epoch.
+        n = len(self.ds)
+        for k in range(min(n, MAX_SAMPLE_SUBSTITUTES)):
+            j = (i + k) % n
+            try:
+                image, _ = self.ds[j]
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(_sample_seed(self.seed, self.epoch, i))
+                    return self.transform(image)
+            except DataError:
+                raise
+            except Exception as e:
+                warnings.warn(
+                    f"skipping sample {j}: {type(e).__name__}: {_first_line(e)}",
+                    UnreadableImageWarning,
+                    stacklevel=2,
+                )
+        raise DataError(
+            f"{MAX_SAMPLE_SUBSTITUTES} consecutive samples from index {i} failed to load or "
+            "augment; check the dataset and augmentation settings"
+        )
+
+
+MAX_SAMPLE_SUBSTITUTES = 16
 
 
 def _collate_views(samples: list[list[torch.Tensor]]) -> list[torch.Tensor]:
@@ -180,28 +215,76 @@ class ViewSource:
         return len(self.ds) // self.cfg.train.batch_size
 
     def epoch(self, epoch: int, start_step: int = 0):
+        """Views of steps ``start_step..`` of ``epoch``: a pure function of (seed, epoch, step)."""
         cfg = self.cfg
         batches = local_batches(len(self.ds), cfg.train.batch_size, cfg.train.seed, epoch)
-        batches = batches[start_step:]
         if isinstance(self.ds, TensorImageDataset):
-            for k, idx in enumerate(batches, start=start_step):
+            for k in range(start_step, len(batches)):
                 # One generator per global step, shared by all ranks; each rank keeps its rows.
                 g = torch.Generator(device=self.device)
                 g.manual_seed(_sample_seed(cfg.train.seed, epoch, k))
+                idx = batches[k]
                 rows = (dist.rank() * len(idx), cfg.train.batch_size)
                 yield self.batched(self.images[idx.to(self.device)], g, rows)
             return
         self.views.epoch = epoch
-        loader = DataLoader(
+        step, restarts = start_step, 0
+        while step < len(batches):
+            try:
+                for views in self._loader(batches[step:], epoch, step):
+                    yield [v.to(self.device, non_blocking=True) for v in views]
+                    step += 1
+            except RuntimeError as e:
+                # A worker killed by the OOM killer or a crashing decoder library: the rest
+                # of the epoch is a pure function of (seed, epoch, step), so a fresh loader
+                # starting at this step yields exactly what the dead one would have.
+                if "DataLoader worker" not in str(e) or restarts >= MAX_LOADER_RESTARTS:
+                    raise
+                restarts += 1
+                warnings.warn(
+                    f"data loader worker died at epoch {epoch} step {step} "
+                    f"({_first_line(e)}); restarting the loader at that step",
+                    LoaderRestartWarning,
+                    stacklevel=2,
+                )
+
+    def _loader(self, batches: list[torch.Tensor], epoch: int, step: int) -> DataLoader:
+        # Own generator: creating the loader must not draw from the global torch RNG, or a
+        # run resumed mid-epoch would see a different global RNG stream than an unbroken one.
+        generator = torch.Generator().manual_seed(_sample_seed(self.cfg.train.seed, epoch, step))
+        workers = self.cfg.data.workers
+        return DataLoader(
             self.views,
             batch_sampler=[b.tolist() for b in batches],
             collate_fn=_collate_views,
-            num_workers=cfg.data.workers,
+            num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            generator=generator,
+            worker_init_fn=_quiet_worker if workers > 0 else None,
         )
-        for views in loader:
-            yield [v.to(self.device, non_blocking=True) for v in views]
+
+
+MAX_LOADER_RESTARTS = 3
+
+
+class LoaderRestartWarning(UserWarning):
+    """A DataLoader worker died and the epoch continued with a fresh loader."""
+
+
+def _quiet_worker(worker_id: int) -> None:
+    """Workers leave SIGINT/SIGTERM to the main process, which checkpoints and then stops them.
+
+    A Ctrl-C reaches the whole process group; a worker dying of it would turn a clean stop
+    into a crashed epoch.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 # ----------------------------------------------------------------------------- state
@@ -216,6 +299,21 @@ class RunState:
     global_step: int = 0
     skipped_steps: int = 0
     history: list = field(default_factory=list)
+    # Running sum of this epoch's step losses, so a resumed epoch reports the same mean.
+    epoch_loss_sum: float = 0.0
+    epoch_loss_steps: int = 0
+
+    @classmethod
+    def from_dict(cls, s: dict) -> RunState:
+        return cls(
+            int(s["epoch"]),
+            int(s["step"]),
+            int(s["global_step"]),
+            int(s.get("skipped_steps", 0)),
+            list(s.get("history", [])),
+            float(s.get("epoch_loss_sum", 0.0)),
+            int(s.get("epoch_loss_steps", 0)),
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -265,32 +363,37 @@ class Trainer:
         log=print,
         resume_from: str | os.PathLike | None = None,
     ):
+        """Check everything that can be checked cheaply first, then read data and build.
+
+        Order matters: config, world size, backbone name, output directory and the
+        checkpoint to resume are all checked before the dataset is read or a model built,
+        so a mistake costs seconds, not a data scan.
+        """
         self.cfg, self.out = cfg, Path(out_dir)
-        self.resume_from = Path(resume_from) if resume_from is not None else None
+        self._kill_at = _test_kill_point()
+        self._lock = None  # OUT/.lock, held while this process trains into OUT
+        self._saved_at: tuple[int, int] | None = None  # (epoch, step) of the file on disk
+        self._loss_sum: torch.Tensor | None = None  # this epoch's summed loss, on the device
+        if cfg.train.deterministic:
+            # cuBLAS needs this before its first call to be deterministic.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.device = resolve_device(cfg.train.device)
+        check_world_size(cfg.train.batch_size)
+        check_backbone(cfg.model.backbone)
         dist.init_from_env(self.device.type)
         self.main = dist.is_main_process()
         # Only rank 0 talks: other ranks would repeat every line.
         self.log = log if self.main else (lambda msg: None)
-        world = dist.world_size()
-        if cfg.train.batch_size % world:
-            raise ConfigError(
-                f"train.batch_size={cfg.train.batch_size} (the global batch) does not divide "
-                f"across {world} processes; use a multiple of {world}"
-            )
+        resume = self._resume_source(resume_from)
+        ckpt = self._load_resume(resume) if resume is not None else None
+        if self.main:
+            check_writable(self.out)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
         seed_everything(cfg.train.seed)
-        self._prepare_output()
 
-        grayscale = cfg.data.grayscale
-        mode = "L" if grayscale else "RGB"
-        self.dataset = build_dataset(
-            cfg.data.path, cfg.data.split, mode=mode, strict=cfg.data.strict
-        )
-        if grayscale is None and isinstance(self.dataset, ImageFileDataset):
-            pass  # folders default to RGB, already read so
-        self._record_skipped()
+        self.dataset = self._read_dataset()
         if len(self.dataset) < cfg.train.batch_size:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} exceeds the "
@@ -302,6 +405,8 @@ class Trainer:
             if isinstance(self.dataset, TensorImageDataset)
             else cfg.augment.global_size
         )
+        self._prepare_output()
+        self._record_skipped()
 
         self.model = build_model(cfg, self.channels, cfg.augment.global_size).to(self.device)
         self.queue = (
@@ -312,8 +417,6 @@ class Trainer:
         self.loss_fn = SelfClassifierLoss(
             cfg.loss.row_tau, cfg.loss.col_tau, cfg.loss.eps, num_global=cfg.augment.global_crops
         )
-        # Linear scaling on the GLOBAL batch, so the same command gives the same schedule on
-        # any number of processes.
         self.lr = cfg.optim.lr * cfg.train.batch_size / 256
         self.optimizer = build_optimizer(
             self.model,
@@ -335,7 +438,10 @@ class Trainer:
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
         self.state = RunState()
-        self._maybe_resume()
+        if ckpt is not None:
+            self._restore(ckpt, resume)
+        elif self.main:  # records of an attempt killed before its first checkpoint are void
+            _trim_metrics(self.out / "metrics.jsonl", self.state)
         self.net = self._wrap(MultiCropForward(self.model))
         self._stop_signal: int | None = None  # set by the handler, on this rank only
         self._stopping = False  # agreed by all ranks at a step boundary
@@ -343,31 +449,68 @@ class Trainer:
 
     # -- setup helpers
 
+    def _resume_source(self, resume_from) -> Path | None:
+        """OUT/checkpoint.pt when it exists (a restarted run), else ``resume_from``.
+
+        OUT's own checkpoint wins: it is the newest state of this run, and restarting the
+        same command (``--resume other.pt`` included) after a kill must not go back in time.
+        """
+        if _visible_to_all_ranks(self.checkpoint_path):
+            if resume_from is not None and Path(resume_from).resolve() != (
+                self.checkpoint_path.resolve()
+            ):
+                self.log(
+                    f"note: {self.checkpoint_path} exists and is newer work of this run; "
+                    f"resuming from it, not from {resume_from}"
+                )
+            return self.checkpoint_path
+        if resume_from is None:
+            return None
+        if not _visible_to_all_ranks(Path(resume_from)):
+            raise CheckpointError(f"--resume: checkpoint '{resume_from}' not found")
+        return Path(resume_from)
+
+    def _load_resume(self, path: Path) -> dict:
+        ckpt = load_checkpoint(path, map_location="cpu")
+        check_compatible(ckpt, self.cfg, str(path))
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != max(1, int(os.environ.get("WORLD_SIZE", "1"))):
+            self.log(
+                f"note: {path} was written by {saved_world} process(es); resuming with a "
+                "different count continues the run but is not bitwise reproducible"
+            )
+        return ckpt
+
+    def _read_dataset(self):
+        """The dataset, with skipped-file warnings gathered into one line (see _record_skipped)."""
+        cfg = self.cfg
+        mode = "L" if cfg.data.grayscale else "RGB"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnreadableImageWarning)
+            return build_dataset(cfg.data.path, cfg.data.split, mode=mode, strict=cfg.data.strict)
+
     def _prepare_output(self) -> None:
         if not self.main:
             return
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise TrainingError(
-                f"output directory '{self.out}' is not writable "
-                f"({e.strerror or e}); pass --out to a writable directory"
-            ) from None
-        (self.out / "config.yaml").write_text(to_yaml(self.cfg))
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_output(self.out)
+        for tmp in remove_stale_temporaries(self.checkpoint_path):
+            self.log(f"note: removed {tmp.name}, a partial checkpoint left by a killed run")
+        write_text_atomic(self.out / "config.yaml", to_yaml(self.cfg))
 
     def _record_skipped(self) -> None:
         skipped = getattr(self.dataset, "skipped", [])
-        if skipped and self.main:
-            with open(self.out / "skipped.txt", "w", encoding="utf-8", errors="replace") as f:
-                for path, reason in skipped:
-                    f.write(f"{path}\t{reason}\n")
-            self.log(
-                f"warning: skipped {len(skipped)} unreadable image(s), listed in "
-                f"{self.out / 'skipped.txt'}"
-            )
+        if not self.main:
+            return
+        path = self.out / "skipped.txt"
+        if not skipped:
+            path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+            return
+        lines = "".join(f"{_printable(p)}\t{_printable(r)}\n" for p, r in skipped)
+        write_text_atomic(path, lines)
+        self.log(
+            f"warning: skipped {len(skipped)} unreadable image file(s); they are listed in {path}"
+        )
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         cfg = self.cfg
@@ -382,53 +525,45 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
-    def _maybe_resume(self) -> None:
-        """Load ``resume_from`` or OUT/checkpoint.pt when present, on every rank alike.
-
-        Every rank reads the same file (OUT must be on a filesystem all nodes share), so all
-        start from identical weights, optimiser state, queue and position; the checkpoint's
-        process count does not matter (positions count global batches).
-        """
-        path = self.resume_from or self.checkpoint_path
-        seen = dist.gather_object(path.is_file())
-        if any(seen) and not all(seen):
-            missing = [r for r, ok in enumerate(seen) if not ok]
-            raise TrainingError(
-                f"checkpoint '{path}' is visible to some processes but not to ranks {missing}; "
-                "put --out (and --resume) on a filesystem every node shares"
-            )
-        if not seen[0]:
-            return
-        ckpt = load_checkpoint(path, map_location=self.device)
+    def _restore(self, ckpt: dict, path: Path) -> None:
+        """Put model, optimiser, scaler, queue, counters and RNGs back as they were saved."""
         load_state(self.model, ckpt["model"], str(path))
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as e:
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+            if self.queue is not None and ckpt.get("queue") is not None:
+                self.queue.load_state_dict(ckpt["queue"])
+            self.state = RunState.from_dict(ckpt["state"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
             raise CheckpointError(
-                f"optimizer state in '{path}' does not match the config "
-                f"({e}); resume with the settings it was saved with"
+                f"training state in '{path}' does not match this run ({_first_line(e)}); "
+                "resume with the settings it was saved with"
             ) from None
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if self.queue is not None and ckpt.get("queue") is not None:
-            self.queue.load_state_dict(ckpt["queue"])
-        s = ckpt["state"]
-        self.state = RunState(
-            int(s["epoch"]),
-            int(s["step"]),
-            int(s["global_step"]),
-            int(s.get("skipped_steps", 0)),
-            list(s.get("history", [])),
-        )
-        if "torch_rng" in ckpt:
+        if isinstance(ckpt.get("torch_rng"), torch.Tensor):
             torch.set_rng_state(ckpt["torch_rng"].cpu())
-        if self.state.step >= self.steps_per_epoch:  # saved at an epoch end by an older layout
-            self.state.epoch, self.state.step = self.state.epoch + 1, 0
+        cuda_rng = ckpt.get("cuda_rng")
+        if self.device.type == "cuda" and cuda_rng and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([t.cpu() for t in cuda_rng])
+        threads = int(ckpt.get("num_threads", torch.get_num_threads()))
+        if self.cfg.train.deterministic and threads != torch.get_num_threads():
+            self.log(
+                f"note: {path} was written with {threads} CPU threads, this process uses "
+                f"{torch.get_num_threads()}; results will not be bitwise identical to an "
+                "uninterrupted run (set OMP_NUM_THREADS to match)"
+            )
+        self._saved_at = (self.state.epoch, self.state.step)
+        if self.main:
+            _trim_metrics(self.out / "metrics.jsonl", self.state)
         self.log(f"resuming from {path}: epoch {self.state.epoch}, step {self.state.step}")
 
     # -- checkpoints
 
     def checkpoint(self) -> dict:
+        """Everything needed to continue bitwise: tensors, numbers, strings, lists, dicts only."""
+        state = self.state
+        if self._loss_sum is not None:
+            state.epoch_loss_sum = float(self._loss_sum)
         return {
             "format": FORMAT,
             "config": self.cfg.to_dict(),
@@ -437,13 +572,17 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "queue": self.queue.state_dict() if self.queue is not None else None,
             "state": {
-                "epoch": self.state.epoch,
-                "step": self.state.step,
-                "global_step": self.state.global_step,
-                "skipped_steps": self.state.skipped_steps,
-                "history": self.state.history,
+                "epoch": state.epoch,
+                "step": state.step,
+                "global_step": state.global_step,
+                "skipped_steps": state.skipped_steps,
+                "history": state.history,
+                "epoch_loss_sum": state.epoch_loss_sum,
+                "epoch_loss_steps": state.epoch_loss_steps,
             },
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "num_threads": torch.get_num_threads(),
             "data": {
                 "channels": self.channels,
                 "image_size": self.image_size,
@@ -454,9 +593,30 @@ class Trainer:
         }
 
     def save(self) -> None:
+        """Atomically replace OUT/checkpoint.pt, never with non-finite weights."""
+        bad = _first_nonfinite(self.model)
+        if dist.any_rank(bad is not None, device=self.device)[0]:
+            raise TrainingError(
+                f"'{bad or 'a tensor on another rank'}' became non-finite by epoch "
+                f"{self.state.epoch} step "
+                f"{self.state.step}; {self._last_good()}, not overwritten: rerun the same "
+                f"command with {RECOVERY_HINT}"
+            )
         if self.main:
-            save_atomic(self.checkpoint(), self.checkpoint_path)
+            hook = None
+            if self._kill_at == (self.state.global_step, "save"):
+                hook = _kill_self
+            save_atomic(self.checkpoint(), self.checkpoint_path, before_replace=hook)
+        self._saved_at = (self.state.epoch, self.state.step)
         dist.barrier()
+
+    def _last_good(self) -> str:
+        if self._saved_at is None:
+            return f"no checkpoint was written yet, so {self.checkpoint_path} is absent"
+        epoch, step = self._saved_at
+        return (
+            f"the last good checkpoint {self.checkpoint_path} (epoch {epoch}, step {step}) is kept"
+        )
 
     # -- logging
 
@@ -469,10 +629,16 @@ class Trainer:
 
     @contextlib.contextmanager
     def _signals(self):
-        """SIGTERM / SIGINT ask the loop to checkpoint and stop at the next step boundary."""
+        """SIGTERM / SIGINT ask the loop to checkpoint and stop at the next step boundary.
+
+        A second signal stops at once (KeyboardInterrupt); the checkpoint on disk is then the
+        last one written, intact because writes are atomic.
+        """
 
         def ask_stop(signum, frame):
-            self._stop_signal = signum
+            if self._stop_signal is not None:
+                raise StopNow(signum)
+            self._stop_signal = signum  # no printing here: the handler may interrupt a print
 
         old = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -489,13 +655,19 @@ class Trainer:
     # -- one epoch
 
     def train_one_epoch(self, epoch: int) -> dict:
+        """Steps ``state.step..`` of ``epoch``; stops early (state kept) on a stop signal.
+
+        Returns ``{"epoch", "loss"}``, the loss being the epoch's mean so far."""
         cfg, state = self.cfg, self.state
         self.net.train()
         progress = _Progress(
             self.steps_per_epoch, epoch, cfg.train.epochs, self.main, start=state.step
         )
-        losses = []
         t_last, seen = time.perf_counter(), 0
+        if state.step == 0:  # a fresh epoch: fresh loss sums
+            state.epoch_loss_sum, state.epoch_loss_steps, self._loss_sum = 0.0, 0, None
+        if self._loss_sum is None:
+            self._loss_sum = torch.tensor(state.epoch_loss_sum, device=self.device)
         for views in self.source.epoch(epoch, start_step=state.step):
             lr = cosine_lr(
                 state.global_step,
@@ -519,52 +691,68 @@ class Trainer:
                 not bool(torch.isfinite(loss)), self._stop_signal is not None, device=self.device
             )
             self._stopping = self._stopping or stop
-            if nonfinite:
-                self._skip_nonfinite()
-                if self._stopping:
-                    break
-                continue
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg.optim.clip_grad > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.queue is not None and epoch >= cfg.train.queue_start_epoch:
-                self.queue.push_global(first.float())
+            if self._finite_or_skip(not nonfinite, "loss") and self._update(loss):
+                if self.queue is not None and epoch >= cfg.train.queue_start_epoch:
+                    self.queue.push_global(first.float())
+                self._loss_sum = self._loss_sum + loss.detach().float()
+                state.epoch_loss_steps += 1
             state.step += 1
             state.global_step += 1
             seen += views[0].shape[0] * dist.world_size()
-            losses.append(loss.detach())
             if state.step % cfg.train.log_every == 0 or state.step == self.steps_per_epoch:
                 now = time.perf_counter()
-                record = self._step_record(epoch, lr, losses[-1], logits, seen / (now - t_last))
+                record = self._step_record(epoch, lr, loss.detach(), logits, seen / (now - t_last))
                 t_last, seen = now, 0
                 progress.update(state.step, record)
-            if (
-                cfg.train.checkpoint_every_steps
-                and state.global_step % cfg.train.checkpoint_every_steps == 0
-            ):
+            if self._kill_at == (state.global_step, "step"):
+                _kill_self()
+            every = cfg.train.checkpoint_every_steps
+            # The epoch's last step is saved by the epoch end right after.
+            if every and state.global_step % every == 0 and state.step < self.steps_per_epoch:
                 self.save()
             if self._stopping:
                 break
         progress.close()
-        mean_loss = float(dist.all_reduce_mean(torch.stack(losses).mean())) if losses else math.nan
-        return {"epoch": epoch, "loss": mean_loss}
+        return {"epoch": epoch, "loss": self._epoch_mean_loss()}
 
-    def _skip_nonfinite(self) -> None:
-        """A non-finite loss on some rank: count a skipped step, or stop with advice."""
+    def _epoch_mean_loss(self) -> float:
+        """Mean loss of this epoch's updated steps so far, averaged over ranks."""
+        steps = self.state.epoch_loss_steps
+        total = self._loss_sum if self._loss_sum is not None else self.state.epoch_loss_sum
+        total = torch.as_tensor(total, dtype=torch.float32, device=self.device)
+        local = total / steps if steps else torch.tensor(math.nan, device=self.device)
+        return float(dist.all_reduce_mean(local))
+
+    def _update(self, loss: torch.Tensor) -> bool:
+        """Backward and optimiser step; False when the step was skipped (non-finite gradient)."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.optim.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+            # With fp16 the scaler itself skips steps with inf/NaN gradients.
+            # The norm is of the all-reduced gradients: every rank takes the same decision.
+            finite = bool(torch.isfinite(norm))
+            if not self.scaler.is_enabled() and not self._finite_or_skip(finite, "gradient norm"):
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return True
+
+    def _finite_or_skip(self, finite: bool, what: str) -> bool:
+        """True to go on with the step; False to skip it (counted); raises to stop."""
+        if finite:
+            return True
+        state = self.state
         if self.cfg.train.skip_nonfinite:
-            self.state.skipped_steps += 1
-            self.state.step += 1
-            self.state.global_step += 1
-            return
+            state.skipped_steps += 1
+            return False
         raise TrainingError(
-            f"non-finite loss at epoch {self.state.epoch} step {self.state.step}; the last good "
-            f"checkpoint {self.checkpoint_path} is untouched: resume from it with a lower "
-            "--set optim.lr=..., gradient clipping (--set optim.clip_grad=1.0), "
-            "--set train.precision=fp32, or --set train.skip_nonfinite=true"
+            f"non-finite {what} at epoch {state.epoch} step {state.step} (global step "
+            f"{state.global_step}); stopped before updating, and {self._last_good()}: rerun "
+            f"the same command with {RECOVERY_HINT}"
         )
 
     def _step_record(self, epoch, lr, loss, logits, img_per_s) -> dict:
@@ -577,21 +765,27 @@ class Trainer:
             "lr": lr,
             "img_per_s": round(img_per_s, 1),
             "active_classes": classes,
+            "skipped_steps": self.state.skipped_steps,
         }
         self._log_metrics(record)
         return record
 
     # -- evaluation during and after training
 
-    def _outputs(self, ds: Dataset, batch_size: int = 512):
-        loader = eval_loader(ds, self.cfg.augment, self.channels, batch_size, self.cfg.data.workers)
-        return run_model(self.model, loader, self.device, self.cfg.loss.row_tau)
-
     def evaluate(self, batch_size: int = 512) -> list[dict] | None:
         """Each head's NMI/AMI/ARI/ACC on the training data (when it has labels)."""
         if not is_labelled(self.dataset):
             return None
         return head_scores(self._outputs(self.dataset, batch_size))
+
+    def _outputs(self, ds: Dataset, batch_size: int = 512):
+        # Evaluation must not move the training RNG streams: eval_every then never changes
+        # the trained weights, and a resumed run matches an unbroken one.
+        with torch.random.fork_rng(devices=[]):
+            loader = eval_loader(
+                ds, self.cfg.augment, self.channels, batch_size, self.cfg.data.workers
+            )
+            return run_model(self.model, loader, self.device, self.cfg.loss.row_tau)
 
     def monitor(self) -> dict:
         """The ``eval_every`` record: each head's scores on the training data and kNN top-1.
@@ -623,49 +817,206 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, state = self.cfg, self.state
-        if self.main:
-            self.log(
-                f"training on {self.device} ({dist.world_size()} process(es)): "
-                f"{len(self.dataset)} images, {self.steps_per_epoch} steps/epoch, "
-                f"pipeline {self.source.pipeline}, precision "
-                f"{self.amp_dtype or torch.float32}"
-            )
         with self._signals():
+            if self.main:
+                self.log(
+                    f"training on {self.device} ({dist.world_size()} process(es)): "
+                    f"{len(self.dataset)} images, {self.steps_per_epoch} steps/epoch, "
+                    f"pipeline {self.source.pipeline}, precision "
+                    f"{self.amp_dtype or torch.float32}"
+                )
             while state.epoch < cfg.train.epochs:
-                epoch = state.epoch
-                t0 = time.perf_counter()
-                summary = self.train_one_epoch(epoch)
-                if self._stopping and state.step < self.steps_per_epoch:
-                    self.save()
-                    name = signal.Signals(self._stop_signal or signal.SIGTERM).name
-                    raise Interrupted(
-                        f"received {name}: checkpoint saved at epoch {epoch} step "
-                        f"{state.step}; run the same command to resume"
-                    )
-                state.epoch, state.step = epoch + 1, 0
-                summary["seconds"] = round(time.perf_counter() - t0, 2)
-                if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and self.main:
-                    summary.update(self.monitor())
-                    self._log_monitor(epoch, summary)
-                state.history.append({k: v for k, v in summary.items() if k != "heads"})
-                self._log_metrics({"epoch_end": epoch, **summary})
-                self.save()
+                epoch, t0 = state.epoch, time.perf_counter()
+                if state.step < self.steps_per_epoch:
+                    self._train_epoch_guarded(epoch)
                 if self._stopping:
+                    self.save()
+                    signum = self._stop_signal or signal.SIGTERM  # a rank without the signal
                     raise Interrupted(
-                        "received a stop signal: checkpoint saved; run the same command to resume"
+                        signum,
+                        f"received {signal.Signals(signum).name}: checkpoint saved at "
+                        f"epoch {state.epoch} step {state.step}; run the same command to resume",
                     )
+                self._end_epoch(epoch, t0)
+        if state.skipped_steps and self.main:
+            self.log(
+                f"note: skipped {state.skipped_steps} step(s) with a non-finite loss or "
+                "gradient (train.skip_nonfinite)"
+            )
         return self.finish()
+
+    def _train_epoch_guarded(self, epoch: int) -> None:
+        """A loader worker that dies while the main process is mid-step (PyTorch reports it
+        from a SIGCHLD handler, anywhere) may have interrupted an update: stop cleanly and
+        let the rerun resume from the last checkpoint. Deaths seen while waiting for data are
+        retried in place by ViewSource."""
+        try:
+            self.train_one_epoch(epoch)
+        except RuntimeError as e:
+            if "DataLoader worker" not in str(e):
+                raise
+            raise TrainingError(
+                f"a data loader worker died at epoch {epoch} step {self.state.step} "
+                f"({_first_line(e)}); {self._last_good()}: rerun the same command to resume "
+                "(fewer --workers if memory is short)"
+            ) from None
+
+    def _end_epoch(self, epoch: int, t0: float) -> None:
+        """History, optional evaluation, metrics, then the epoch's checkpoint."""
+        cfg, state = self.cfg, self.state
+        summary = {
+            "epoch": epoch,
+            "loss": self._epoch_mean_loss(),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        if state.skipped_steps:
+            summary["skipped_steps"] = state.skipped_steps
+        if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and self.main:
+            summary.update(self.monitor())
+            self._log_monitor(epoch, summary)
+        state.history.append({k: v for k, v in summary.items() if k != "heads"})
+        self._log_metrics({"epoch_end": epoch, **summary})
+        state.epoch, state.step = epoch + 1, 0
+        state.epoch_loss_sum, state.epoch_loss_steps = 0.0, 0
+        self._loss_sum = None
+        self.save()
 
     def finish(self) -> dict:
         result = {"heads": self.evaluate()} if self.main else {}
         if self.main and result["heads"] is not None:
-            with open(self.out / "eval.json", "w") as f:
-                json.dump(result, f, indent=2)
+            write_text_atomic(self.out / "eval.json", json.dumps(result, indent=2))
         return result
 
 
+RECOVERY_HINT = (
+    "a lower learning rate (--lr or --set optim.lr=...), gradient clipping "
+    "(--set optim.clip_grad=1.0) or --set train.precision=fp32; or add --skip-nonfinite to "
+    "skip such steps"
+)
+
+
 class Interrupted(RuntimeError):
-    """A stop signal arrived; the checkpoint is saved."""
+    """A stop signal arrived and the checkpoint is saved; ``signum`` says which signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopNow(KeyboardInterrupt):
+    """A second stop signal: stop at once without saving (the last checkpoint is intact)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _first_nonfinite(model: nn.Module) -> str | None:
+    """Name of the first parameter or float buffer holding NaN/inf, else None (one sync)."""
+    tensors = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
+    if not tensors:
+        return None
+    finite = torch.stack([torch.isfinite(v).all() for _, v in tensors])
+    if bool(finite.all()):
+        return None
+    return tensors[int((~finite).nonzero()[0])][0]
+
+
+def _trim_metrics(path: Path, state: RunState) -> None:
+    """Drop metrics a killed run logged after its checkpoint, and any half-written line.
+
+    The resumed run logs those steps again, so metrics.jsonl stays one record per step.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        if "epoch_end" in record and int(record["epoch_end"]) >= state.epoch:
+            continue
+        if int(record.get("global_step", -1)) > state.global_step:
+            continue
+        kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
+
+
+def _printable(text: str) -> str:
+    """One field of skipped.txt: undecodable bytes and tabs/newlines escaped (as data does)."""
+    text = os.fsencode(text).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+TEST_KILL_ENV = "SELFCLASSIFIER_TEST_KILL_AT_STEP"
+
+
+def _test_kill_point() -> tuple[int, str] | None:
+    """Fault injection for the crash tests: ``N`` = SIGKILL right after global step N's update
+    (before its checkpoint); ``N:save`` = SIGKILL inside the checkpoint write at step N, after
+    the temporary file is complete and before it replaces the old checkpoint."""
+    spec = os.environ.get(TEST_KILL_ENV, "").strip()
+    if not spec:
+        return None
+    step, _, where = spec.partition(":")
+    return int(step), where or "step"
+
+
+def _kill_self(*_args) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _lock_output(out: Path):
+    """Hold a POSIX lock on OUT/.lock so two runs never train into one directory (a requeued
+    job starting while the old one still writes). The kernel drops it when the process dies,
+    even by SIGKILL; loader workers, being other processes, never hold it."""
+    import fcntl
+
+    f = open(out / ".lock", "a+")  # noqa: SIM115 - kept open for the whole run
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.seek(0)
+        owner = f.read().strip() or "unknown"
+        f.close()
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            raise CheckpointError(
+                f"another run (pid {owner}) is training into '{out}'; wait for it to end "
+                "or pass another --out"
+            ) from None
+        return None  # a file system without locks: go on unlocked
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _visible_to_all_ranks(path: Path) -> bool:
+    """Whether ``path`` is a file, agreed by all ranks: every rank must resume from the same
+    file (OUT on a filesystem all nodes share), or the ranks would start from different
+    states."""
+    seen = dist.gather_object(path.is_file())
+    if any(seen) and not all(seen):
+        missing = [r for r, ok in enumerate(seen) if not ok]
+        raise TrainingError(
+            f"checkpoint '{path}' is visible to some processes but not to ranks {missing}; "
+            "put --out (and --resume) on a filesystem every node shares"
+        )
+    return seen[0]
+
+
+def check_world_size(batch_size: int) -> None:
+    """The global batch must split evenly; checked from the launcher's env before joining."""
+    world = max(dist.world_size(), int(os.environ.get("WORLD_SIZE", "1") or 1))
+    if batch_size % world:
+        raise ConfigError(
+            f"train.batch_size={batch_size} (the global batch) does not divide across "
+            f"{world} processes; use a multiple of {world}"
+        )
 
 
 class _Progress:
@@ -705,13 +1056,14 @@ def fit(
     log=print,
     resume_from: str | os.PathLike | None = None,
 ) -> dict:
-    """Train (resuming from ``resume_from`` or OUT/checkpoint.pt if present) and evaluate.
+    """Train (resuming from OUT/checkpoint.pt, else ``resume_from``, if given) and evaluate.
 
     Returns the evaluation results on rank 0 (``{}`` on other ranks). Under torchrun every
     process calls this; the process group is joined here and left on the way out.
     """
     try:
-        return Trainer(cfg, out_dir, log, resume_from).fit()
+        trainer = Trainer(cfg, out_dir, log, resume_from=resume_from)
+        return trainer.fit()
     finally:
         dist.shutdown()
 
