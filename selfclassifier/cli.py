@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from selfclassifier import cli_interop
 from selfclassifier.config import ConfigError, list_presets, load_config, parse_set
 
 EXIT_BAD_INPUT = 2
@@ -58,6 +59,18 @@ def _train_parser(sub) -> None:
         "that checkpoint and write later ones to OUT",
     )
     p.add_argument(
+        "--init-backbone",
+        metavar="PATH",
+        help="start the backbone from local weights (torchvision or timm state dict, or a "
+        "selfclassifier checkpoint)",
+    )
+    p.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        default=None,
+        help="train only projection + heads on backbone features cached in OUT/features.pt",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -82,6 +95,8 @@ def _cli_overrides(args) -> dict:
         ("train", "checkpoint_every_steps"): args.checkpoint_every_steps,
         ("train", "deterministic"): args.deterministic,
         ("train", "skip_nonfinite"): args.skip_nonfinite,
+        ("model", "init_backbone"): args.init_backbone,
+        ("model", "freeze_backbone"): args.freeze_backbone,
     }
     out: dict = {}
     for (section, key), value in flags.items():
@@ -122,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    cli_interop.add_parsers(sub)
     return parser
 
 
@@ -129,8 +145,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from selfclassifier.backbones import UnknownBackbone
     from selfclassifier.checkpoint import CheckpointError
     from selfclassifier.data import DataError
+    from selfclassifier.export import ExportError
 
-    return (CLIError, ConfigError, DataError, CheckpointError, UnknownBackbone)
+    return (CLIError, ConfigError, DataError, CheckpointError, UnknownBackbone, ExportError)
 
 
 def main(argv: list[str] | None = None) -> int:

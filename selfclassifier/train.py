@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from selfclassifier import dist
+from selfclassifier import dist, features
 from selfclassifier.augment import BatchedMultiCrop, ClassicMultiCrop
 from selfclassifier.checkpoint import (
     FORMAT,
@@ -35,10 +35,11 @@ from selfclassifier.checkpoint import (
 )
 from selfclassifier.config import Config, ConfigError, to_yaml
 from selfclassifier.data import ImageFileDataset, TensorImageDataset, build_dataset, is_labelled
-from selfclassifier.inference import dataset_channels, eval_loader, run_model
+from selfclassifier.inference import Outputs, dataset_channels, eval_loader, run_model
 from selfclassifier.loss import SelfClassifierLoss
 from selfclassifier.metrics import head_metrics
 from selfclassifier.optim import build_optimizer, cosine_lr, set_lr
+from selfclassifier.pretrained import load_backbone_weights
 from selfclassifier.queue import NNQueue
 
 
@@ -57,7 +58,10 @@ class MultiCropForward(nn.Module):
         self.model = model
 
     def forward(self, views: list[torch.Tensor], queue: NNQueue | None = None):
-        embeddings = self.model.embed_views(views)
+        if views[0].dim() == 2:  # cached backbone features (frozen-backbone mode)
+            embeddings = list(self.model.project(torch.cat(views)).chunk(len(views)))
+        else:
+            embeddings = self.model.embed_views(views)
         first = embeddings[0]
         if queue is not None and queue.full:
             # The nearest neighbour carries no gradient: view 1's branch then only trains the
@@ -197,6 +201,66 @@ class ViewSource:
             yield [v.to(self.device, non_blocking=True) for v in views]
 
 
+class CachedFeatureSource:
+    """Frozen-backbone mode: each step's views are cached backbone features (B, D).
+
+    The cache (OUT/features.pt) is computed on first use, after any resume has restored the
+    backbone, and reused while its key (weights, data, augmentation, views, seed) matches.
+    """
+
+    pipeline = "cached-features"
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.cfg = trainer, trainer.cfg
+        self._features: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+        self._neighbours: torch.Tensor | None = None
+
+    def steps_per_epoch(self) -> int:
+        return len(self.trainer.dataset) // self.cfg.train.batch_size
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._features is None:
+            t = self.trainer
+            key = features.cache_key(self.cfg, t.model.backbone, t.dataset, t.channels)
+            self._features, self._labels = features.load_or_compute(
+                t.out / "features.pt",
+                key,
+                lambda: features.compute_features(
+                    t.model.backbone, t.dataset, self.cfg, t.channels, t.device, t.amp_dtype
+                ),
+                t.log,
+            )
+            k = self.cfg.train.feature_neighbours
+            if k > 0:
+                self._neighbours = features.nearest_neighbours(self._features[0], k)
+        return self._features, self._labels
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        cfg = self.cfg
+        feats, _ = self.load()
+        batches = local_batches(len(self.trainer.dataset), cfg.train.batch_size, cfg.train.seed, epoch)
+        for k, idx in enumerate(batches[start_step:], start=start_step):
+            g = torch.Generator().manual_seed(_sample_seed(cfg.train.seed, epoch, k))
+            views = features.draw_views(
+                feats, idx, cfg.augment.global_crops, g, self._neighbours
+            )
+            yield [v.to(self.trainer.device, non_blocking=True) for v in views]
+
+    @torch.no_grad()
+    def outputs(self, model: nn.Module, row_tau: float, batch_size: int = 4096) -> Outputs:
+        """Evaluation outputs from the cached un-augmented features (no backbone pass)."""
+        feats, labels = self.load()
+        model.eval()
+        embs, probs = [], [[] for _ in model.heads]
+        for chunk in feats[0].split(batch_size):
+            e = model.project(chunk.float().to(self.trainer.device))
+            for h, logits in enumerate(model.classify(e)):
+                probs[h].append(torch.softmax(logits.float() / row_tau, dim=1).cpu())
+            embs.append(e.float().cpu())
+        return Outputs(feats[0].float(), torch.cat(embs), [torch.cat(p) for p in probs], labels)
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -297,6 +361,16 @@ class Trainer:
         )
 
         self.model = build_model(cfg, self.channels, cfg.augment.global_size).to(self.device)
+        if cfg.model.init_backbone and not self.checkpoint_path.is_file():
+            report = load_backbone_weights(self.model.backbone, cfg.model.init_backbone)
+            self.log(f"backbone initialised from {cfg.model.init_backbone}: {report}")
+        if cfg.model.freeze_backbone:
+            if world > 1:
+                raise ConfigError(
+                    "model.freeze_backbone trains on cached features in one process; "
+                    "run it without torchrun (it takes seconds per epoch)"
+                )
+            self.model.backbone.requires_grad_(False)
         self.queue = (
             NNQueue(cfg.train.queue_size, cfg.model.out_dim).to(self.device)
             if cfg.train.queue_size > 0
@@ -321,7 +395,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self.source = ViewSource(self.dataset, cfg, self.channels, self.device)
+        self.source = (
+            CachedFeatureSource(self)
+            if cfg.model.freeze_backbone
+            else ViewSource(self.dataset, cfg, self.channels, self.device)
+        )
         self.steps_per_epoch = self.source.steps_per_epoch()
         if self.steps_per_epoch == 0:
             raise ConfigError("the dataset is smaller than one batch; lower --batch-size")
@@ -392,6 +470,11 @@ class Trainer:
         if not seen[0]:
             return
         ckpt = load_checkpoint(path, map_location=self.device)
+        if "state" not in ckpt or "optimizer" not in ckpt:
+            raise CheckpointError(
+                f"'{path}' holds model weights only (a converted or exported model), not a "
+                "training run to resume; start a new run with --init-backbone it instead"
+            )
         load_state(self.model, ckpt["model"], str(path))
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -441,6 +524,7 @@ class Trainer:
                 "image_size": self.image_size,
                 "classes": list(getattr(self.dataset, "classes", None) or []),
                 "num_samples": len(self.dataset),
+                "in_memory": isinstance(self.dataset, TensorImageDataset),
             },
             "world_size": dist.world_size(),
         }
@@ -497,7 +581,7 @@ class Trainer:
                 cfg.optim.min_lr * cfg.train.batch_size / 256,
             )
             set_lr(self.optimizer, lr)
-            if self.device.type == "cuda" and cfg.train.channels_last:
+            if self.device.type == "cuda" and cfg.train.channels_last and views[0].dim() == 4:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             with torch.autocast(
                 self.device.type,
@@ -579,10 +663,13 @@ class Trainer:
         """Each head's NMI/AMI/ARI/ACC on the training data (when it has labels)."""
         if not is_labelled(self.dataset):
             return None
-        loader = eval_loader(
-            self.dataset, self.cfg.augment, self.channels, batch_size, self.cfg.data.workers
-        )
-        out = run_model(self.model, loader, self.device, self.cfg.loss.row_tau)
+        if isinstance(self.source, CachedFeatureSource):
+            out = self.source.outputs(self.model, self.cfg.loss.row_tau)
+        else:
+            loader = eval_loader(
+                self.dataset, self.cfg.augment, self.channels, batch_size, self.cfg.data.workers
+            )
+            out = run_model(self.model, loader, self.device, self.cfg.loss.row_tau)
         return [
             head_metrics(out.labels.numpy(), p.argmax(1).numpy(), p.shape[1]) for p in out.probs
         ]
@@ -598,6 +685,8 @@ class Trainer:
                 f"pipeline {self.source.pipeline}, precision "
                 f"{self.amp_dtype or torch.float32}"
             )
+        if isinstance(self.source, CachedFeatureSource):
+            self.source.load()  # before the epoch timer: epochs then measure training alone
         with self._signals():
             while state.epoch < cfg.train.epochs:
                 epoch = state.epoch
