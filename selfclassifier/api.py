@@ -124,12 +124,16 @@ class Predictor:
     @torch.no_grad()
     def embed(self, images: Images, batch_size: int = 256) -> torch.Tensor:
         """L2-normalised embeddings (N, out_dim), what the heads classify."""
-        return torch.cat([self.model.embed(b).float().cpu() for b in self._batches(images, batch_size)])  # noqa: E501
+        return torch.cat(
+            [self.model.embed(b).float().cpu() for b in self._batches(images, batch_size)]
+        )
 
     @torch.no_grad()
     def features(self, images: Images, batch_size: int = 256) -> torch.Tensor:
         """Backbone features (N, D), the representation for kNN / linear probes."""
-        return torch.cat([self.model.features(b).float().cpu() for b in self._batches(images, batch_size)])  # noqa: E501
+        return torch.cat(
+            [self.model.features(b).float().cpu() for b in self._batches(images, batch_size)]
+        )
 
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:

@@ -23,7 +23,9 @@ from selfclassifier.backbones import ResNetTrunk, ViTTrunk
 from selfclassifier.config import Config
 from selfclassifier.model import SelfClassifier
 
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "vit_b_16", "vit_b_32", "vit_l_16")  # fmt: skip  # noqa: E501
+TORCHVISION_ARCHS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "vit_b_16", "vit_b_32", "vit_l_16",
+)  # fmt: skip
 
 
 class ExportError(ValueError):
@@ -39,7 +41,9 @@ class DeployModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         embedding = self.model.embed(images)
-        probs = [torch.softmax(logits / self.row_tau, dim=1) for logits in self.model.classify(embedding)]  # noqa: E501
+        probs = [
+            torch.softmax(logits / self.row_tau, dim=1) for logits in self.model.classify(embedding)
+        ]
         return (*probs, embedding)
 
 
@@ -87,8 +91,13 @@ def export_onnx(
     channels: int,
     size: int,
     opset: int | None = None,
+    dynamo: bool | None = None,
 ) -> list[str]:
-    """Write ``path``; returns the output names. Needs ``pip install 'selfclassifier[onnx]'``."""
+    """Write ``path``; returns the output names. Needs ``pip install 'selfclassifier[onnx]'``.
+
+    ``dynamo``: use the torch.export-based exporter (needs onnxscript) or the TorchScript-based
+    one; None picks the former when onnxscript is installed.
+    """
     try:
         import onnx
     except ImportError:
@@ -99,7 +108,7 @@ def export_onnx(
     path = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations, constant folding)
-        _torch_onnx_export(deploy, x, path, names, opset)
+        _torch_onnx_export(deploy, x, path, names, opset, dynamo)
     proto = onnx.load(str(path))
     mean, std = normalization(cfg.augment, channels)
     meta = {
@@ -118,16 +127,17 @@ def export_onnx(
     return names
 
 
-def _torch_onnx_export(deploy, x, path: Path, names: list[str], opset: int | None) -> None:
+def _torch_onnx_export(deploy, x, path: Path, names: list[str], opset, dynamo) -> None:
     kwargs = {"input_names": ["images"], "output_names": names}
     if opset:
         kwargs["opset_version"] = opset
-    try:
-        import onnxscript  # noqa: F401 - the torch.export-based exporter needs it
-    except ImportError:
-        dynamo = False
-    else:
-        dynamo = True
+    if dynamo is None:
+        try:
+            import onnxscript  # noqa: F401 - the torch.export-based exporter needs it
+        except ImportError:
+            dynamo = False
+        else:
+            dynamo = True
     if dynamo:
         batch = torch.export.Dim("batch", min=1, max=65536)
         torch.onnx.export(

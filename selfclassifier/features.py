@@ -33,9 +33,7 @@ class _CacheViews(Dataset):
 
     def __init__(self, ds: Dataset, cfg: Config, channels: int):
         self.ds, self.seed = ds, cfg.train.seed
-        aug = dataclasses.replace(
-            cfg.augment, global_crops=cfg.train.feature_views, local_crops=0
-        )
+        aug = dataclasses.replace(cfg.augment, global_crops=cfg.train.feature_views, local_crops=0)
         self.plain = eval_transform(cfg.augment, channels, isinstance(ds, ImageFileDataset))
         self.augment = ClassicMultiCrop(aug, channels)
 

@@ -8,7 +8,7 @@ Their files (``src/train.py`` of the official code) are ``torch.save`` dicts::
 with state-dict keys (``module.`` from DistributedDataParallel)::
 
     module.backbone.*                     torchvision ResNet (fc = Identity) or DINO-style ViT
-    module.mlp_head.mlp.<i>.{weight,bias} Linear (with bias) [+ BatchNorm1d] + LeakyReLU, ..., Linear
+    module.mlp_head.mlp.<i>.{weight,bias} Linear (bias) [+ BatchNorm1d] + LeakyReLU, ..., Linear
     module.mlp_head.mlp.{weight,bias}     when the MLP is one Linear (none at all: no MLP)
     module.cls_<k>.weight_g  (C_k, 1)     weight_norm(Linear(dim, C_k, bias=False))
     module.cls_<k>.weight_v  (C_k, dim)
@@ -247,7 +247,7 @@ def _projection_state(model, linears: list[dict], norms: list[dict]) -> dict[str
     our_norms = [i for i, mod in enumerate(model.projection) if isinstance(mod, nn.BatchNorm1d)]
     state: dict[str, torch.Tensor] = {}
     if not linears:
-        (i, lin), = ours
+        ((i, lin),) = ours
         state[f"projection.{i}.weight"] = torch.eye(lin.out_features, lin.in_features)
         state[f"projection.{i}.bias"] = torch.zeros(lin.out_features)
         return state

@@ -36,9 +36,18 @@ _TIMM_VIT = [
     (r"(^|\.)patch_embed\.proj\.", r"\1conv_proj."),
     (r"(^|\.)blocks\.(\d+)\.norm1\.", r"\1encoder.layers.encoder_layer_\2.ln_1."),
     (r"(^|\.)blocks\.(\d+)\.norm2\.", r"\1encoder.layers.encoder_layer_\2.ln_2."),
-    (r"(^|\.)blocks\.(\d+)\.attn\.qkv\.weight$", r"\1encoder.layers.encoder_layer_\2.self_attention.in_proj_weight"),  # noqa: E501
-    (r"(^|\.)blocks\.(\d+)\.attn\.qkv\.bias$", r"\1encoder.layers.encoder_layer_\2.self_attention.in_proj_bias"),  # noqa: E501
-    (r"(^|\.)blocks\.(\d+)\.attn\.proj\.", r"\1encoder.layers.encoder_layer_\2.self_attention.out_proj."),  # noqa: E501
+    (
+        r"(^|\.)blocks\.(\d+)\.attn\.qkv\.weight$",
+        r"\1encoder.layers.encoder_layer_\2.self_attention.in_proj_weight",
+    ),
+    (
+        r"(^|\.)blocks\.(\d+)\.attn\.qkv\.bias$",
+        r"\1encoder.layers.encoder_layer_\2.self_attention.in_proj_bias",
+    ),
+    (
+        r"(^|\.)blocks\.(\d+)\.attn\.proj\.",
+        r"\1encoder.layers.encoder_layer_\2.self_attention.out_proj.",
+    ),
     (r"(^|\.)blocks\.(\d+)\.mlp\.fc1\.", r"\1encoder.layers.encoder_layer_\2.mlp.0."),
     (r"(^|\.)blocks\.(\d+)\.mlp\.fc2\.", r"\1encoder.layers.encoder_layer_\2.mlp.3."),
     (r"(^|\.)norm\.(weight|bias)$", r"\1encoder.ln.\2"),

@@ -180,7 +180,9 @@ def read_tensors(path: str | os.PathLike) -> tuple[object, list[str]]:
         )
     try:
         with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+            pickles = [
+                n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1
+            ]
             if len(pickles) != 1:
                 raise CheckpointError(f"'{path}' is a zip file but not a torch.save checkpoint")
             prefix = pickles[0][: -len("data.pkl")]

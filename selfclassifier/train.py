@@ -239,12 +239,12 @@ class CachedFeatureSource:
     def epoch(self, epoch: int, start_step: int = 0):
         cfg = self.cfg
         feats, _ = self.load()
-        batches = local_batches(len(self.trainer.dataset), cfg.train.batch_size, cfg.train.seed, epoch)
+        batches = local_batches(
+            len(self.trainer.dataset), cfg.train.batch_size, cfg.train.seed, epoch
+        )
         for k, idx in enumerate(batches[start_step:], start=start_step):
             g = torch.Generator().manual_seed(_sample_seed(cfg.train.seed, epoch, k))
-            views = features.draw_views(
-                feats, idx, cfg.augment.global_crops, g, self._neighbours
-            )
+            views = features.draw_views(feats, idx, cfg.augment.global_crops, g, self._neighbours)
             yield [v.to(self.trainer.device, non_blocking=True) for v in views]
 
     @torch.no_grad()

@@ -143,10 +143,17 @@ def direct_logits(state: dict, x: torch.Tensor, nlayers=2, use_bn=True) -> list[
     else:
         h = F.linear(h, sd["mlp_head.mlp.0.weight"], sd["mlp_head.mlp.0.bias"])
         if use_bn:
-            bn = {n: sd[f"mlp_head.mlp.1.{n}"] for n in ("running_mean", "running_var", "weight", "bias")}  # noqa: E501
+            bn = {
+                n: sd[f"mlp_head.mlp.1.{n}"]
+                for n in ("running_mean", "running_var", "weight", "bias")
+            }
             h = F.batch_norm(h, bn["running_mean"], bn["running_var"], bn["weight"], bn["bias"])
         last = 3 if use_bn else 2
-        h = F.linear(F.leaky_relu(h, 0.01), sd[f"mlp_head.mlp.{last}.weight"], sd[f"mlp_head.mlp.{last}.bias"])  # noqa: E501
+        h = F.linear(
+            F.leaky_relu(h, 0.01),
+            sd[f"mlp_head.mlp.{last}.weight"],
+            sd[f"mlp_head.mlp.{last}.bias"],
+        )
     z = F.normalize(h, dim=1)
     out = []
     k = 0
@@ -258,3 +265,29 @@ def test_not_an_official_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and "not a PyTorch zip checkpoint" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_dino_style_vit_backbones_convert(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, num_classes=0
+    ).eval()
+    with torch.no_grad():
+        vit.pos_embed.normal_(std=0.1)
+    head = OfficialMLPHead(192, 16, 32, 2, True).eval()
+    _randomise_norms(head, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        cls = nn.utils.weight_norm(nn.Linear(16, 5, bias=False))
+    cls.weight_g.data.fill_(1)
+    state = {f"module.backbone.{k}": v for k, v in vit.state_dict().items()}
+    state |= {f"module.mlp_head.{k}": v for k, v in head.state_dict().items()}
+    state |= {f"module.cls_0.{k}": v for k, v in cls.state_dict().items()}
+    torch.save({"epoch": 100, "arch": "vit_tiny", "state_dict": state}, tmp_path / "vit.pth")
+    ckpt, _ = convert_official(tmp_path / "vit.pth")
+    assert ckpt["config"]["model"]["backbone"] == "vit_tiny_patch16"
+    model, _, _ = _model_of(ckpt, tmp_path)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], cls(head(vit(x))), atol=1e-4, rtol=1e-4)

@@ -1,4 +1,4 @@
-"""--init-backbone (torchvision / timm / checkpoint naming) and --freeze-backbone (cached features)."""
+"""--init-backbone (torchvision, timm or checkpoint naming) and --freeze-backbone (cached)."""
 
 from __future__ import annotations
 
@@ -191,8 +191,8 @@ def test_init_and_freeze_backbone_train_on_cached_features(tmp_path):
     with torch.no_grad():
         expected = tv(first[None])[0]
     torch.testing.assert_close(cache["features"][0, 0].float(), expected, atol=2e-2, rtol=1e-2)
-    epochs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E741
-    assert [r["epoch_end"] for r in epochs if "epoch_end" in r] == [0, 1]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch_end"] for r in records if "epoch_end" in r] == [0, 1]
     assert json.loads((out / "eval.json").read_text())["heads"][0]["classes"] == 2
 
     proc = _train([*common, "--epochs", "3"])  # resumes; the cache is reused
