@@ -135,6 +135,13 @@ def test_view_drawing_is_distinct_and_neighbours_exclude_self():
     points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     nb = nearest_neighbours(points, 1)
     assert nb.squeeze(1).tolist() == [1, 0, 3, 2]
+    # TEMI pairing: the last view is one of a neighbour's cached views, the first the sample's
+    neighbours = torch.tensor([[1], [2], [3], [4], [5], [0]])
+    first, last = draw_views(feats, idx, 2, g, neighbours)
+    for b, i in enumerate(idx.tolist()):
+        own = {tuple(feats[c, i].float().tolist()) for c in range(5)}
+        theirs = {tuple(feats[c, neighbours[i, 0]].float().tolist()) for c in range(5)}
+        assert tuple(first[b].tolist()) in own and tuple(last[b].tolist()) in theirs
 
 
 # ----------------------------------------------------------------------------- through the CLI
