@@ -273,6 +273,7 @@ def build_model(cfg: Config, channels: int, image_size: int) -> SelfClassifier:
         batch_norm=m.batch_norm,
         activation=m.activation,
         freeze_heads=m.freeze_heads,
+        head_scale=m.head_scale,
     )
 
 

@@ -18,6 +18,7 @@ import signal
 import sys
 import warnings
 
+from selfclassifier import cli_interop
 from selfclassifier.config import ConfigError, list_presets, load_config, parse_set
 
 EXIT_FAILED = 1
@@ -76,6 +77,18 @@ def _train_parser(sub) -> None:
         "that checkpoint when OUT has none yet (OUT's own checkpoint, newer, always wins)",
     )
     p.add_argument(
+        "--init-backbone",
+        metavar="PATH",
+        help="start the backbone from local weights (torchvision or timm state dict, or a "
+        "selfclassifier checkpoint)",
+    )
+    p.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        default=None,
+        help="train only projection + heads on backbone features cached in OUT/features.pt",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -100,6 +113,8 @@ def _cli_overrides(args) -> dict:
         ("train", "checkpoint_every_steps"): args.checkpoint_every_steps,
         ("train", "deterministic"): args.deterministic,
         ("train", "skip_nonfinite"): args.skip_nonfinite,
+        ("model", "init_backbone"): args.init_backbone,
+        ("model", "freeze_backbone"): args.freeze_backbone,
     }
     out: dict = {}
     for (section, key), value in flags.items():
@@ -318,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     _predict_parser(sub)
     _report_parser(sub)
+    cli_interop.add_parsers(sub)
     return parser
 
 
@@ -325,8 +341,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from selfclassifier.backbones import UnknownBackbone
     from selfclassifier.checkpoint import CheckpointError
     from selfclassifier.data import DataError
+    from selfclassifier.export import ExportError
 
-    return (CLIError, ConfigError, DataError, CheckpointError, UnknownBackbone)
+    return (CLIError, ConfigError, DataError, CheckpointError, UnknownBackbone, ExportError)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

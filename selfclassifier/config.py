@@ -66,6 +66,21 @@ class ModelConfig:
     batch_norm: bool = _f(True, "BatchNorm in the projection MLP (the paper's choice).")
     activation: str = _f("leaky_relu", "leaky_relu (paper) | relu | gelu.")
     freeze_heads: bool = _f(False, "Keep the randomly initialised heads fixed.")
+    head_scale: bool = _f(
+        False,
+        "Fixed per-class scale on the heads' logits (weight_g of weight-normalisation); set by "
+        "'selfclassifier convert' for official checkpoints whose g was learnt. The paper: g = 1.",
+    )
+    init_backbone: str | None = _f(
+        None,
+        "Local weights to start the backbone from: a torchvision or timm state dict (.pth, "
+        ".bin, .safetensors) or a selfclassifier checkpoint. Ignored when resuming.",
+    )
+    freeze_backbone: bool = _f(
+        False,
+        "Train only the projection and heads, on backbone features computed once and cached "
+        "in OUT/features.pt (epochs take seconds). Use with init_backbone (a strong encoder).",
+    )
     sync_bn: bool = _f(True, "Convert BatchNorm to SyncBatchNorm in multi-process runs.")
 
 
@@ -144,6 +159,16 @@ class TrainConfig:
         "NN queue length in embeddings (0 disables; paper: 262144). Must exceed the global batch.",
     )
     queue_start_epoch: int = _f(0, "Epoch from which the NN queue is filled and used.")
+    feature_views: int = _f(
+        4,
+        "Frozen-backbone mode: augmented global crops per image whose features are cached "
+        "(plus the un-augmented image); each step draws the views from them.",
+    )
+    feature_neighbours: int = _f(
+        0,
+        "Frozen-backbone mode: if > 0, the last view of each sample is a random one of its k "
+        "nearest neighbours in backbone-feature space (TEMI's pairing); 0 disables.",
+    )
     channels_last: bool = _f(True, "channels_last memory format on CUDA.")
     compile: bool = _f(False, "torch.compile the model (CUDA; measure before keeping it).")
     grad_checkpointing: bool = _f(
@@ -351,6 +376,11 @@ def validate(cfg: Config) -> None:
     _check(
         t.batch_size >= 2,
         f"train.batch_size must be >= 2 (the loss normalises over the batch), got {t.batch_size}",
+    )
+    _check(t.feature_views >= 1, f"train.feature_views must be >= 1, got {t.feature_views}")
+    _check(
+        t.feature_neighbours >= 0,
+        f"train.feature_neighbours must be >= 0, got {t.feature_neighbours}",
     )
     _check(t.queue_size >= 0, f"train.queue_size must be >= 0, got {t.queue_size}")
     _check(

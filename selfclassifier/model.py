@@ -13,20 +13,28 @@ class NormalizedLinear(nn.Module):
     """Bias-free linear layer whose rows have norm 1: weight-normalisation with g fixed to 1.
 
     Equivalent to the paper's ``weight_norm(Linear(d, C, bias=False))`` with ``weight_g`` frozen
-    at 1; ``weight`` plays the role of ``weight_v``.
+    at 1; ``weight`` plays the role of ``weight_v``. With ``scaled=True`` a fixed per-class
+    buffer ``scale`` (C,) plays ``weight_g``: the authors' released checkpoints learnt g, and
+    ``selfclassifier convert`` keeps it so their logits are reproduced exactly.
     """
 
-    def __init__(self, in_dim: int, num_classes: int):
+    def __init__(self, in_dim: int, num_classes: int, scaled: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        self.scale: torch.Tensor | None
+        if scaled:
+            self.register_buffer("scale", torch.ones(num_classes))
+        else:
+            self.scale = None
 
     @property
     def num_classes(self) -> int:
         return self.weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, F.normalize(self.weight, dim=1))
+        logits = F.linear(x, F.normalize(self.weight, dim=1))
+        return logits if self.scale is None else logits * self.scale.to(logits.dtype)
 
 
 def projection_mlp(
@@ -73,6 +81,7 @@ class SelfClassifier(nn.Module):
         batch_norm: bool = True,
         activation: str = "leaky_relu",
         freeze_heads: bool = False,
+        head_scale: bool = False,
     ):
         super().__init__()
         if not heads:
@@ -81,7 +90,7 @@ class SelfClassifier(nn.Module):
         self.projection = projection_mlp(
             backbone.out_dim, hidden_dim, out_dim, mlp_layers, batch_norm, activation
         )
-        self.heads = nn.ModuleList(NormalizedLinear(out_dim, c) for c in heads)
+        self.heads = nn.ModuleList(NormalizedLinear(out_dim, c, head_scale) for c in heads)
         if freeze_heads:
             for head in self.heads:
                 head.weight.requires_grad_(False)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from selfclassifier import dist
+from selfclassifier import dist, features
 from selfclassifier.augment import BatchedMultiCrop, ClassicMultiCrop
 from selfclassifier.backbones import check_backbone
 from selfclassifier.checkpoint import (
@@ -55,10 +55,11 @@ from selfclassifier.evaluation import (
     probe_outputs,
     probe_source,
 )
-from selfclassifier.inference import dataset_channels, eval_loader, run_model
+from selfclassifier.inference import Outputs, dataset_channels, eval_loader, run_model
 from selfclassifier.loss import SelfClassifierLoss
 from selfclassifier.metrics import format_table
 from selfclassifier.optim import build_optimizer, cosine_lr, set_lr
+from selfclassifier.pretrained import load_backbone_weights
 from selfclassifier.queue import NNQueue
 
 
@@ -77,7 +78,10 @@ class MultiCropForward(nn.Module):
         self.model = model
 
     def forward(self, views: list[torch.Tensor], queue: NNQueue | None = None):
-        embeddings = self.model.embed_views(views)
+        if views[0].dim() == 2:  # cached backbone features (frozen-backbone mode)
+            embeddings = list(self.model.project(torch.cat(views)).chunk(len(views)))
+        else:
+            embeddings = self.model.embed_views(views)
         first = embeddings[0]
         if queue is not None and queue.full:
             # The nearest neighbour carries no gradient: view 1's branch then only trains the
@@ -287,6 +291,66 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
+class CachedFeatureSource:
+    """Frozen-backbone mode: each step's views are cached backbone features (B, D).
+
+    The cache (OUT/features.pt) is computed on first use, after any resume has restored the
+    backbone, and reused while its key (weights, data, augmentation, views, seed) matches.
+    """
+
+    pipeline = "cached-features"
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.cfg = trainer, trainer.cfg
+        self._features: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+        self._neighbours: torch.Tensor | None = None
+
+    def steps_per_epoch(self) -> int:
+        return len(self.trainer.dataset) // self.cfg.train.batch_size
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._features is None:
+            t = self.trainer
+            key = features.cache_key(self.cfg, t.model.backbone, t.dataset, t.channels)
+            self._features, self._labels = features.load_or_compute(
+                t.out / "features.pt",
+                key,
+                lambda: features.compute_features(
+                    t.model.backbone, t.dataset, self.cfg, t.channels, t.device, t.amp_dtype
+                ),
+                t.log,
+            )
+            k = self.cfg.train.feature_neighbours
+            if k > 0:
+                self._neighbours = features.nearest_neighbours(self._features[0], k)
+        return self._features, self._labels
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        cfg = self.cfg
+        feats, _ = self.load()
+        batches = local_batches(
+            len(self.trainer.dataset), cfg.train.batch_size, cfg.train.seed, epoch
+        )
+        for k, idx in enumerate(batches[start_step:], start=start_step):
+            g = torch.Generator().manual_seed(_sample_seed(cfg.train.seed, epoch, k))
+            views = features.draw_views(feats, idx, cfg.augment.global_crops, g, self._neighbours)
+            yield [v.to(self.trainer.device, non_blocking=True) for v in views]
+
+    @torch.no_grad()
+    def outputs(self, model: nn.Module, row_tau: float, batch_size: int = 4096) -> Outputs:
+        """Evaluation outputs from the cached un-augmented features (no backbone pass)."""
+        feats, labels = self.load()
+        model.eval()
+        embs, probs = [], [[] for _ in model.heads]
+        for chunk in feats[0].split(batch_size):
+            e = model.project(chunk.float().to(self.trainer.device))
+            for h, logits in enumerate(model.classify(e)):
+                probs[h].append(torch.softmax(logits.float() / row_tau, dim=1).cpu())
+            embs.append(e.float().cpu())
+        return Outputs(feats[0].float(), torch.cat(embs), [torch.cat(p) for p in probs], labels)
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -409,6 +473,16 @@ class Trainer:
         self._record_skipped()
 
         self.model = build_model(cfg, self.channels, cfg.augment.global_size).to(self.device)
+        if cfg.model.init_backbone and ckpt is None:
+            report = load_backbone_weights(self.model.backbone, cfg.model.init_backbone)
+            self.log(f"backbone initialised from {cfg.model.init_backbone}: {report}")
+        if cfg.model.freeze_backbone:
+            if dist.world_size() > 1:
+                raise ConfigError(
+                    "model.freeze_backbone trains on cached features in one process; "
+                    "run it without torchrun (it takes seconds per epoch)"
+                )
+            self.model.backbone.requires_grad_(False)
         self.queue = (
             NNQueue(cfg.train.queue_size, cfg.model.out_dim).to(self.device)
             if cfg.train.queue_size > 0
@@ -431,7 +505,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self.source = ViewSource(self.dataset, cfg, self.channels, self.device)
+        self.source = (
+            CachedFeatureSource(self)
+            if cfg.model.freeze_backbone
+            else ViewSource(self.dataset, cfg, self.channels, self.device)
+        )
         self.steps_per_epoch = self.source.steps_per_epoch()
         if self.steps_per_epoch == 0:
             raise ConfigError("the dataset is smaller than one batch; lower --batch-size")
@@ -472,6 +550,11 @@ class Trainer:
 
     def _load_resume(self, path: Path) -> dict:
         ckpt = load_checkpoint(path, map_location="cpu")
+        if "state" not in ckpt or "optimizer" not in ckpt:
+            raise CheckpointError(
+                f"'{path}' holds model weights only (a converted or exported model), not a "
+                "training run to resume; start a new run with --init-backbone it instead"
+            )
         check_compatible(ckpt, self.cfg, str(path))
         saved_world = int(ckpt.get("world_size", 1))
         if saved_world != max(1, int(os.environ.get("WORLD_SIZE", "1"))):
@@ -588,6 +671,7 @@ class Trainer:
                 "image_size": self.image_size,
                 "classes": list(getattr(self.dataset, "classes", None) or []),
                 "num_samples": len(self.dataset),
+                "in_memory": isinstance(self.dataset, TensorImageDataset),
             },
             "world_size": dist.world_size(),
         }
@@ -677,7 +761,7 @@ class Trainer:
                 cfg.optim.min_lr * cfg.train.batch_size / 256,
             )
             set_lr(self.optimizer, lr)
-            if self.device.type == "cuda" and cfg.train.channels_last:
+            if self.device.type == "cuda" and cfg.train.channels_last and views[0].dim() == 4:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             with torch.autocast(
                 self.device.type,
@@ -776,7 +860,13 @@ class Trainer:
         """Each head's NMI/AMI/ARI/ACC on the training data (when it has labels)."""
         if not is_labelled(self.dataset):
             return None
-        return head_scores(self._outputs(self.dataset, batch_size))
+        return head_scores(self._training_outputs(batch_size))
+
+    def _training_outputs(self, batch_size: int = 512):
+        """Un-augmented outputs on the training data (from cached features when frozen)."""
+        if isinstance(self.source, CachedFeatureSource):
+            return self.source.outputs(self.model, self.cfg.loss.row_tau)
+        return self._outputs(self.dataset, batch_size)
 
     def _outputs(self, ds: Dataset, batch_size: int = 512):
         # Evaluation must not move the training RNG streams: eval_every then never changes
@@ -796,7 +886,7 @@ class Trainer:
         """
         if not is_labelled(self.dataset):
             return {}
-        out = self._outputs(self.dataset)
+        out = self._training_outputs()
         if self._probe is None:
             mode = "L" if self.cfg.data.grayscale else "RGB"
             self._probe = probe_source(self.cfg.data.path, self.cfg.data.split, None, mode)
@@ -817,6 +907,8 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, state = self.cfg, self.state
+        if isinstance(self.source, CachedFeatureSource):
+            self.source.load()  # before the epoch timer: epochs then measure training alone
         with self._signals():
             if self.main:
                 self.log(
