@@ -129,6 +129,11 @@ class AugmentConfig:
         None, "Normalisation mean per channel; None: ImageNet's for RGB, 0.5 for grayscale."
     )
     std: list[float] | None = _f(None, "Normalisation std per channel (see mean).")
+    compute_dtype: str = _f(
+        "auto",
+        "Float type of the fast path's batched stage for image folders: auto (bfloat16 on "
+        "CUDA and CPUs with native bf16, else float32) | bfloat16 | float32.",
+    )
 
 
 @dataclass
@@ -346,6 +351,10 @@ def validate(cfg: Config) -> None:
     _check(
         a.pipeline in ("auto", "classic", "fast"),
         f"augment.pipeline must be auto, classic or fast, got '{a.pipeline}'",
+    )
+    _check(
+        a.compute_dtype in ("auto", "bfloat16", "float32"),
+        f"augment.compute_dtype must be auto, bfloat16 or float32, got '{a.compute_dtype}'",
     )
     _check(a.global_crops >= 2, f"augment.global_crops must be >= 2, got {a.global_crops}")
     _check(a.local_crops >= 0, f"augment.local_crops must be >= 0, got {a.local_crops}")

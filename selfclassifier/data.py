@@ -25,7 +25,7 @@ import gzip
 import operator
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -312,12 +312,58 @@ def open_image(path: str, mode: str = "RGB") -> Image.Image:
     for empty, truncated, non-image, unsupported or oversized (decompression bomb) files;
     no raw Pillow/OS error escapes.
     """
+    return decode_image(path, mode)[0]
+
+
+# EXIF orientations 5-8 turn the stored image by 90 degrees: width and height swap.
+_TRANSPOSED = {5, 6, 7, 8}
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    try:
+        turned = im.getexif().get(0x0112, 1) in _TRANSPOSED
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block is ignored, as in _upright
+        turned = False
+    return (im.height, im.width) if turned else im.size
+
+
+def _draft(im: Image.Image, mode: str, factor: int) -> int:
+    """Ask a JPEG decoder for 1/``factor`` resolution (and grayscale output for 'L').
+
+    Returns the factor it will actually decode at: 1 for formats without reduced decoding.
+    """
+    if factor <= 1 and mode != "L":
+        return 1
+    width, height = im.size
+    request = (max(1, width // factor), max(1, height // factor))
+    got = im.draft("L" if mode == "L" else None, request)
+    if got is None or not got[1][2]:
+        return 1
+    return max(1, round(width / got[1][2]))  # the box is the full image in draft pixels
+
+
+def decode_image(
+    path: str, mode: str = "RGB", reduction: Callable[[tuple[int, int]], int] | None = None
+) -> tuple[Image.Image, int]:
+    """Like ``open_image``, optionally at reduced resolution: (image, factor).
+
+    ``reduction`` is called with the upright full-resolution (width, height) before anything
+    is decoded and returns the largest factor (1, 2, 4 or 8) the caller can use; JPEGs are
+    then decoded at 1/factor by the decoder itself (much cheaper than decoding and resizing),
+    other formats at full size. ``factor`` says which one happened: pixel (x, y) of the full
+    image is at (x / factor, y / factor) in the returned one.
+    """
     _check_choice("mode", mode, _MODES)
     try:
         with open(path, "rb") as fp, _open_header(fp) as im:
+            factor = 1
+            if reduction is not None:
+                wanted = reduction(_upright_size(im))
+                # The draft keeps the full-size pixel grid scaled by exactly 1/factor.
+                factor = _draft(im, mode, wanted)
             with _bomb_is_error():
                 im.load()
-            return _to_mode(_upright(im), mode)
+            return _to_mode(_upright(im), mode), factor
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -449,6 +495,17 @@ class ImageFileDataset(torch.utils.data.Dataset):
         return 3 if self.mode == "RGB" else 1
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        image, label, _ = self.load(i)
+        return image, label
+
+    def load(
+        self, i: int, reduction: Callable[[tuple[int, int]], int] | None = None
+    ) -> tuple[Image.Image, int, int]:
+        """(image, label, factor): item ``i`` decoded as ``decode_image(..., reduction)``.
+
+        An unreadable file is skipped as in ``__getitem__``; ``reduction`` is then asked
+        again for the replacement image's size.
+        """
         i, n = operator.index(i), len(self.paths)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for {n} images")
@@ -458,7 +515,8 @@ class ImageFileDataset(torch.utils.data.Dataset):
             if path in self._bad:  # known broken: don't pay for decoding it again
                 continue
             try:
-                return open_image(path, self.mode), int(self.targets[j])
+                image, factor = decode_image(path, self.mode, reduction)
+                return image, int(self.targets[j]), factor
             except UnreadableImage as e:
                 self._mark_bad(path, str(e))
         raise DataError(

@@ -41,25 +41,37 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = p.grad.add(p, alpha=group["weight_decay"])
-                if not group["lars_exclude"]:
-                    w_norm, g_norm = torch.norm(p), torch.norm(d_p)
-                    trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0),
-                        group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
-                        torch.ones_like(w_norm),
-                    )
-                    d_p = d_p.mul(trust)
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = d_p.clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(d_p)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update(group, params)
         return loss
+
+    def _update(self, group: dict, params: list[torch.Tensor]) -> None:
+        """One group's update with multi-tensor (foreach) ops: a few kernels, not ~10 per
+        parameter, and no value read back to the host (the trust ratios stay on the device).
+        """
+        grads = [p.grad for p in params]
+        wd = group["weight_decay"]
+        d_p = torch._foreach_add(grads, params, alpha=wd) if wd else [g.clone() for g in grads]
+        if not group["lars_exclude"]:
+            w_norm = torch.stack(torch._foreach_norm(params))
+            g_norm = torch.stack(torch._foreach_norm(d_p))
+            trust = torch.where(
+                (w_norm > 0) & (g_norm > 0),
+                group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
+                torch.ones_like(w_norm),
+            )
+            torch._foreach_mul_(d_p, list(trust.to(d_p[0].dtype).unbind()))
+        fresh = {i for i, p in enumerate(params) if "momentum_buffer" not in self.state[p]}
+        for i in fresh:
+            self.state[params[i]]["momentum_buffer"] = d_p[i].clone()
+        old = [i for i in range(len(params)) if i not in fresh]
+        if old:
+            bufs = [self.state[params[i]]["momentum_buffer"] for i in old]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, [d_p[i] for i in old])
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_bias: bool) -> list[dict]:

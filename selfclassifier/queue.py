@@ -32,10 +32,14 @@ class NNQueue(nn.Module):
         self.register_buffer("items", torch.zeros(size, dim))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        # A host copy of ``count``: the fill level is known from the pushes, so asking
+        # ``full`` or looking up neighbours never waits for the device.
+        self._filled = 0
+        self.register_load_state_dict_post_hook(_sync_filled)
 
     @property
     def full(self) -> bool:
-        return int(self.count) >= self.items.shape[0]
+        return self._filled >= self.items.shape[0]
 
     @torch.no_grad()
     def push(self, embeddings: torch.Tensor) -> None:
@@ -49,6 +53,7 @@ class NNQueue(nn.Module):
         self.items[idx] = embeddings
         self.ptr.copy_((self.ptr + b) % size)
         self.count.copy_(torch.clamp(self.count + b, max=size))
+        self._filled = min(self._filled + b, size)
 
     @torch.no_grad()
     def push_global(self, embeddings: torch.Tensor) -> None:
@@ -58,6 +63,10 @@ class NNQueue(nn.Module):
     @torch.no_grad()
     def nearest(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Nearest queue entry (cosine similarity) for each row of (B, D) ``embeddings``."""
-        stored = self.items[: int(self.count)]
+        stored = self.items[: self._filled]
         sim = embeddings.to(stored.dtype) @ stored.T
         return stored[sim.argmax(dim=1)].to(embeddings.dtype)
+
+
+def _sync_filled(module: NNQueue, incompatible_keys) -> None:
+    module._filled = int(module.count)  # one host read per checkpoint load

@@ -8,15 +8,19 @@ OUT/checkpoint.pt, so a killed run restarted with the same command continues whe
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import errno
 import json
 import math
 import os
+import random
 import signal
 import sys
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +30,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from selfclassifier import dist, features
-from selfclassifier.augment import BatchedMultiCrop, ClassicMultiCrop
-from selfclassifier.backbones import check_backbone
+from selfclassifier.augment import (
+    BatchedMultiCrop,
+    BatchedPhotometric,
+    ClassicMultiCrop,
+    MultiCropCutter,
+    compute_dtype,
+)
+from selfclassifier.backbones import check_backbone, enable_activation_checkpointing
 from selfclassifier.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -43,6 +53,7 @@ from selfclassifier.checkpoint import (
 from selfclassifier.config import Config, ConfigError, to_yaml
 from selfclassifier.data import (
     DataError,
+    ImageFileDataset,
     TensorImageDataset,
     UnreadableImageWarning,
     build_dataset,
@@ -142,131 +153,326 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class _ClassicViews(Dataset):
-    """Per-sample multi-crop with a seed fixed by (seed, epoch, index): resumable anywhere."""
+    """Per-sample multi-crop with a seed fixed by (seed, epoch, index): resumable anywhere.
+
+    Items are keyed by (epoch, step, index), so one set of persistent workers serves every
+    epoch.
+    """
 
     def __init__(self, ds: Dataset, transform: ClassicMultiCrop, seed: int):
-        self.ds, self.transform, self.seed, self.epoch = ds, transform, seed, 0
+        self.ds, self.transform, self.seed = ds, transform, seed
 
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int):
-        # Unreadable files are already replaced by ImageFileDataset; anything else that fails
-        # on one sample (a transform on a pathological image) falls through to the next
-        # sample, with sample i's seed, so one bad item never crashes a worker or an epoch.
-        n = len(self.ds)
-        for k in range(min(n, MAX_SAMPLE_SUBSTITUTES)):
-            j = (i + k) % n
-            try:
-                image, _ = self.ds[j]
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(_sample_seed(self.seed, self.epoch, i))
-                    return self.transform(image)
-            except DataError:
-                raise
-            except Exception as e:
-                warnings.warn(
-                    f"skipping sample {j}: {type(e).__name__}: {_first_line(e)}",
-                    UnreadableImageWarning,
-                    stacklevel=2,
-                )
-        raise DataError(
-            f"{MAX_SAMPLE_SUBSTITUTES} consecutive samples from index {i} failed to load or "
-            "augment; check the dataset and augmentation settings"
-        )
+    def __getitem__(self, key: tuple[int, int, int]):
+        epoch, _, i = key
+
+        def views(j: int):
+            image, _ = self.ds[j]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_sample_seed(self.seed, epoch, i))
+                return self.transform(image)
+
+        return _with_substitutes(len(self.ds), i, views)
+
+
+def _with_substitutes(n: int, i: int, make):
+    """``make(i)``, or on failure ``make(i + 1)``, ... (one warning each), at most
+    MAX_SAMPLE_SUBSTITUTES tries.
+
+    Unreadable files are already replaced by ImageFileDataset; anything else that fails on
+    one sample (a transform on a pathological image) falls through to the next sample, with
+    sample i's seed, so one bad item never crashes a worker or an epoch.
+    """
+    for k in range(min(n, MAX_SAMPLE_SUBSTITUTES)):
+        j = (i + k) % n
+        try:
+            return make(j)
+        except DataError:
+            raise
+        except Exception as e:
+            warnings.warn(
+                f"skipping sample {j}: {type(e).__name__}: {_first_line(e)}",
+                UnreadableImageWarning,
+                stacklevel=2,
+            )
+    raise DataError(
+        f"{MAX_SAMPLE_SUBSTITUTES} consecutive samples from index {i} failed to load or "
+        "augment; check the dataset and augmentation settings"
+    )
 
 
 MAX_SAMPLE_SUBSTITUTES = 16
+
+
+class _CroppedViews(Dataset):
+    """Fast path, worker side: decode (reduced when the crops allow) and cut uint8 crops.
+
+    Crop boxes are drawn from a seed fixed by (seed, epoch, index), like ``_ClassicViews``,
+    so a resumed epoch cuts the same crops.
+    """
+
+    def __init__(self, ds: ImageFileDataset, cutter: MultiCropCutter, seed: int):
+        self.ds, self.cutter, self.seed = ds, cutter, seed
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        epoch, _, i = key
+
+        def crops(j: int):
+            rng = random.Random(_sample_seed(self.seed, epoch, i))
+            boxes: list = []
+
+            def reduction(size: tuple[int, int]) -> int:
+                boxes[:] = self.cutter.plan(size, rng)
+                return self.cutter.reduction(boxes)
+
+            image, _, factor = self.ds.load(j, reduction)
+            return key, self.cutter.cut(image, boxes, factor)
+
+        return _with_substitutes(len(self.ds), i, crops)
+
+
+class _EpochBatches:
+    """Endless batch sampler: (epoch, step, index) keys from ``start`` on, epoch after epoch.
+
+    It runs in the main process, so one persistent loader serves the whole run: workers
+    start once, and their prefetching carries straight over epoch boundaries instead of
+    draining at the end of each epoch. Each item still knows its seeds.
+    """
+
+    def __init__(self, batches_of_epoch):
+        self.batches_of_epoch = batches_of_epoch  # epoch -> list of index tensors
+        self.start = (0, 0)
+
+    def __iter__(self):
+        epoch, step = self.start
+        while True:
+            batches = self.batches_of_epoch(epoch)
+            if not batches:
+                return
+            for k in range(step, len(batches)):
+                yield [(epoch, k, i) for i in batches[k].tolist()]
+            epoch, step = epoch + 1, 0
+
+
+def _worker_init(_: int) -> None:
+    """Loader workers ignore stop signals and keep large freed blocks in their heap.
+
+    Workers leave SIGINT/SIGTERM to the main process, which checkpoints and then stops them:
+    a Ctrl-C reaches the whole process group, and a worker dying of it would turn a clean
+    stop into a crashed epoch.
+
+    By default glibc hands every freed block over 128 KiB back to the OS and faults fresh
+    zeroed pages in for the next one; the augmentation's multi-MB temporaries then spend a
+    fifth or more of their time in page faults. Raising the thresholds (to glibc's 32 MiB
+    cap) keeps them. Other C libraries: nothing to do.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 256 << 20)
 
 
 def _collate_views(samples: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     return [torch.stack(v) for v in zip(*samples, strict=True)]
 
 
+def _step_generator(seed: int, epoch: int, step: int, device) -> torch.Generator:
+    """The batched stage's generator for one global step, the same on every rank (each rank
+    keeps its rows of the draws)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(_sample_seed(seed, epoch, step))
+    return g
+
+
+class _CollateCrops:
+    """Stack uint8 crops; with ``stage`` (CPU training), also run the batched stage here.
+
+    In a loader worker that spreads the vectorised CPU work over the workers instead of
+    queueing it in the training process; the generator is the one the training process
+    would use for that step, so where it runs does not change the views.
+    """
+
+    def __init__(self, stage: BatchedPhotometric | None, seed: int, rows_of):
+        """``rows_of(n)``: (first row, global batch) of this rank's n samples."""
+        self.stage, self.seed, self.rows_of = stage, seed, rows_of
+
+    def __call__(self, samples: list[tuple[tuple[int, int, int], list[torch.Tensor]]]):
+        keys = [k for k, _ in samples]
+        if self.stage is None:  # (B, s, s, C): permutes to channels_last on the device
+            return _collate_views([v for _, v in samples])
+        # On CPU the batched stage wants plain NCHW: transpose while stacking (uint8 bytes).
+        views = _collate_views([[c.permute(2, 0, 1) for c in v] for _, v in samples])
+        epoch, step, _ = keys[0]
+        g = _step_generator(self.seed, epoch, step, "cpu")
+        in_worker = torch.utils.data.get_worker_info() is not None
+        alloc = _shared_empty if in_worker else None
+        return self.stage(views, g, alloc=alloc, rows=self.rows_of(len(samples)))
+
+
+@dataclass(frozen=True)
+class _RowsOf:
+    """Where a rank's n samples sit in the global batch (picklable for loader workers)."""
+
+    rank: int
+    batch_size: int
+
+    def __call__(self, n: int) -> tuple[int, int]:
+        return self.rank * n, self.batch_size
+
+
+def _shared_empty(shape) -> torch.Tensor:
+    """A float32 tensor in shared memory, as DataLoader's own collate makes in workers: the
+    batch then reaches the training process without one more copy."""
+    storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0).new(storage).view(shape)
+
+
+# Sources whose loader may still hold workers. Workers ignore SIGTERM (see _worker_init), so
+# multiprocessing's own exit hook, which terminates and then joins them, would wait forever:
+# this hook (registered after that one, so it runs first) shuts them down cleanly instead.
+_LIVE_SOURCES: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_sources() -> None:
+    for source in list(_LIVE_SOURCES):
+        source.close()
+
+
 class ViewSource:
     """Yields the augmented views of each step of an epoch, on the training device.
 
-    In-memory datasets (digits, IDX) are augmented batch-wise on the device with the
-    ``fast`` engine; image folders use loader workers with the ``classic`` engine (or decode
-    in workers and augment batch-wise when the pipeline is ``fast``).
+    * in-memory datasets (digits, IDX): the whole set lives on the device and
+      ``BatchedMultiCrop`` augments each batch there;
+    * image folders, ``classic``: loader workers run the per-sample torchvision recipe;
+    * image folders, ``fast``: loader workers decode and cut uint8 crops; on GPU the batch
+      is copied (pinned, non-blocking) and ``BatchedPhotometric`` finishes it there, on CPU
+      the workers run that batched stage themselves.
 
     The views of a sample depend only on (seed, epoch, step, its row in the global batch)
-    for the ``fast`` engine and on (seed, epoch, sample index) for the ``classic`` one, never
-    on the number of processes: a run on W processes sees exactly the views of a 1-process run.
+    for the batched stages and on (seed, epoch, sample index) for per-sample work (classic
+    recipe, fast crops), never on the number of processes: a run on W processes sees exactly
+    the views of a 1-process run, and a resumed epoch the views it would have seen.
     """
 
     def __init__(self, ds: Dataset, cfg: Config, channels: int, device: torch.device):
         self.ds, self.cfg, self.device = ds, cfg, device
         pipeline = cfg.augment.pipeline
-        in_memory = isinstance(ds, TensorImageDataset)
+        self.in_memory = isinstance(ds, TensorImageDataset)
         if pipeline == "auto":
-            pipeline = "fast" if in_memory or device.type == "cuda" else "classic"
+            pipeline = "fast" if self.in_memory or device.type == "cuda" else "classic"
         self.pipeline = pipeline
-        if in_memory:
+        self.device_stage: BatchedPhotometric | None = None
+        if self.in_memory:
             # The whole (small) dataset lives on the device; batches are index lookups.
             self.images = ds.images.to(device)
-        if pipeline == "fast":
             self.batched = BatchedMultiCrop(cfg.augment, channels)
-        if not in_memory:
-            if pipeline == "fast":
-                raise ConfigError(
-                    "augment.pipeline=fast for image folders is not available "
-                    "yet; use augment.pipeline=classic"
-                )
-            self.views = _ClassicViews(ds, ClassicMultiCrop(cfg.augment, channels), cfg.train.seed)
+            return
+        if pipeline == "fast":
+            views = _CroppedViews(ds, MultiCropCutter(cfg.augment, channels), cfg.train.seed)
+            dtype = compute_dtype(cfg.augment.compute_dtype, device)
+            stage = BatchedPhotometric(cfg.augment, channels, dtype)
+            on_cpu = device.type == "cpu"
+            rows_of = _RowsOf(dist.rank(), cfg.train.batch_size)
+            collate = _CollateCrops(stage if on_cpu else None, cfg.train.seed, rows_of)
+            self.device_stage = None if on_cpu else stage
+        else:
+            views = _ClassicViews(ds, ClassicMultiCrop(cfg.augment, channels), cfg.train.seed)
+            collate = _collate_views
+        self._sampler = _EpochBatches(self._batches)
+        self._stream = None  # the loader's iterator, positioned at self._position
+        self._position = (0, 0)
+        self._loader = DataLoader(
+            views,
+            batch_sampler=self._sampler,
+            collate_fn=collate,
+            num_workers=cfg.data.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=cfg.data.workers > 0,
+            worker_init_fn=_worker_init,
+            # Own generator: starting the loader must not draw from the global torch RNG, or
+            # a run resumed mid-epoch would see another global RNG stream than an unbroken one.
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
 
     def steps_per_epoch(self) -> int:
         return len(self.ds) // self.cfg.train.batch_size
 
-    def epoch(self, epoch: int, start_step: int = 0):
-        """Views of steps ``start_step..`` of ``epoch``: a pure function of (seed, epoch, step)."""
-        cfg = self.cfg
-        batches = local_batches(len(self.ds), cfg.train.batch_size, cfg.train.seed, epoch)
-        if isinstance(self.ds, TensorImageDataset):
-            for k in range(start_step, len(batches)):
-                # One generator per global step, shared by all ranks; each rank keeps its rows.
-                g = torch.Generator(device=self.device)
-                g.manual_seed(_sample_seed(cfg.train.seed, epoch, k))
-                idx = batches[k]
-                rows = (dist.rank() * len(idx), cfg.train.batch_size)
-                yield self.batched(self.images[idx.to(self.device)], g, rows)
-            return
-        self.views.epoch = epoch
-        step, restarts = start_step, 0
-        while step < len(batches):
-            try:
-                for views in self._loader(batches[step:], epoch, step):
-                    yield [v.to(self.device, non_blocking=True) for v in views]
-                    step += 1
-            except RuntimeError as e:
-                # A worker killed by the OOM killer or a crashing decoder library: the rest
-                # of the epoch is a pure function of (seed, epoch, step), so a fresh loader
-                # starting at this step yields exactly what the dead one would have.
-                if "DataLoader worker" not in str(e) or restarts >= MAX_LOADER_RESTARTS:
-                    raise
-                restarts += 1
-                warnings.warn(
-                    f"data loader worker died at epoch {epoch} step {step} "
-                    f"({_first_line(e)}); restarting the loader at that step",
-                    LoaderRestartWarning,
-                    stacklevel=2,
-                )
+    def close(self) -> None:
+        """Stop the loader's workers (they otherwise prefetch until the process ends)."""
+        if not self.in_memory:
+            self._stream = None
+            self._loader._iterator = None  # persistent workers live in the loader's iterator
 
-    def _loader(self, batches: list[torch.Tensor], epoch: int, step: int) -> DataLoader:
-        # Own generator: creating the loader must not draw from the global torch RNG, or a
-        # run resumed mid-epoch would see a different global RNG stream than an unbroken one.
-        generator = torch.Generator().manual_seed(_sample_seed(self.cfg.train.seed, epoch, step))
-        workers = self.cfg.data.workers
-        return DataLoader(
-            self.views,
-            batch_sampler=[b.tolist() for b in batches],
-            collate_fn=_collate_views,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            generator=generator,
-            worker_init_fn=_quiet_worker if workers > 0 else None,
-        )
+    def _restart(self, epoch: int, step: int) -> None:
+        self.close()
+        _LIVE_SOURCES.add(self)
+        self._sampler.start = (epoch, step)
+        self._stream = iter(self._loader)
+
+    def _rows_of(self, n: int) -> tuple[int, int]:
+        return _RowsOf(dist.rank(), self.cfg.train.batch_size)(n)
+
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        cfg = self.cfg
+        return local_batches(len(self.ds), cfg.train.batch_size, cfg.train.seed, epoch)
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        cfg = self.cfg
+        steps = self.steps_per_epoch()
+        if start_step >= steps:
+            return
+        if self.in_memory:
+            # One upload of the epoch's indices: a host tensor copied per step would block.
+            order = torch.stack(self._batches(epoch)[start_step:])
+            if self.device.type == "cuda":
+                order = order.pin_memory()
+            order = order.to(self.device, non_blocking=True)
+            rows = self._rows_of(order.shape[1])
+            for k, idx in enumerate(order, start=start_step):
+                # One generator per global step, shared by all ranks; each rank keeps its rows.
+                g = _step_generator(cfg.train.seed, epoch, k, self.device)
+                yield self.batched(self.images[idx], g, rows)
+            return
+        restarts = 0
+        for k in range(start_step, steps):
+            while True:
+                if self._stream is None or self._position != (epoch, k):
+                    self._restart(epoch, k)
+                try:
+                    views = next(self._stream)
+                    break
+                except RuntimeError as e:
+                    # A worker killed by the OOM killer or a crashing decoder library: every
+                    # batch is a pure function of (seed, epoch, step), so a fresh loader
+                    # starting at this step yields exactly what the dead one would have.
+                    if "DataLoader worker" not in str(e) or restarts >= MAX_LOADER_RESTARTS:
+                        raise
+                    restarts += 1
+                    warnings.warn(
+                        f"data loader worker died at epoch {epoch} step {k} "
+                        f"({_first_line(e)}); restarting the loader at that step",
+                        LoaderRestartWarning,
+                        stacklevel=2,
+                    )
+                    self.close()
+            self._position = (epoch, k + 1) if k + 1 < steps else (epoch + 1, 0)
+            views = [v.to(self.device, non_blocking=True) for v in views]
+            if self.device_stage is not None:
+                g = _step_generator(cfg.train.seed, epoch, k, self.device)
+                rows = self._rows_of(views[0].shape[0])
+                views = self.device_stage(views, g, channels_last=True, rows=rows)
+            yield views
 
 
 MAX_LOADER_RESTARTS = 3
@@ -274,16 +480,6 @@ MAX_LOADER_RESTARTS = 3
 
 class LoaderRestartWarning(UserWarning):
     """A DataLoader worker died and the epoch continued with a fresh loader."""
-
-
-def _quiet_worker(worker_id: int) -> None:
-    """Workers leave SIGINT/SIGTERM to the main process, which checkpoints and then stops them.
-
-    A Ctrl-C reaches the whole process group; a worker dying of it would turn a clean stop
-    into a crashed epoch.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _first_line(e: BaseException) -> str:
@@ -299,6 +495,9 @@ class CachedFeatureSource:
     """
 
     pipeline = "cached-features"
+
+    def close(self) -> None:
+        pass
 
     def __init__(self, trainer: Trainer):
         self.trainer, self.cfg = trainer, trainer.cfg
@@ -426,12 +625,14 @@ class Trainer:
         out_dir: str | os.PathLike,
         log=print,
         resume_from: str | os.PathLike | None = None,
+        dataset: Dataset | None = None,
     ):
         """Check everything that can be checked cheaply first, then read data and build.
 
         Order matters: config, world size, backbone name, output directory and the
         checkpoint to resume are all checked before the dataset is read or a model built,
-        so a mistake costs seconds, not a data scan.
+        so a mistake costs seconds, not a data scan. ``dataset`` replaces the one
+        ``cfg.data.path`` names (benchmarks, tests).
         """
         self.cfg, self.out = cfg, Path(out_dir)
         self._kill_at = _test_kill_point()
@@ -457,7 +658,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         seed_everything(cfg.train.seed)
 
-        self.dataset = self._read_dataset()
+        self.dataset = self._read_dataset() if dataset is None else dataset
         if len(self.dataset) < cfg.train.batch_size:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} exceeds the "
@@ -473,6 +674,8 @@ class Trainer:
         self._record_skipped()
 
         self.model = build_model(cfg, self.channels, cfg.augment.global_size).to(self.device)
+        if cfg.train.grad_checkpointing:
+            enable_activation_checkpointing(self.model.backbone)
         if cfg.model.init_backbone and ckpt is None:
             report = load_backbone_weights(self.model.backbone, cfg.model.init_backbone)
             self.log(f"backbone initialised from {cfg.model.init_backbone}: {report}")
@@ -524,6 +727,9 @@ class Trainer:
         self._stop_signal: int | None = None  # set by the handler, on this rank only
         self._stopping = False  # agreed by all ranks at a step boundary
         self._probe: ProbeSource | None = None  # kNN memory/queries of eval_every, built once
+        # The first non-finite value since the last check, kept on the device so that no
+        # step waits for it: 2 * global step + what (0 loss, 1 gradient norm), or -1.
+        self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
 
     # -- setup helpers
 
@@ -678,6 +884,7 @@ class Trainer:
 
     def save(self) -> None:
         """Atomically replace OUT/checkpoint.pt, never with non-finite weights."""
+        self._check_finite()
         bad = _first_nonfinite(self.model)
         if dist.any_rank(bad is not None, device=self.device)[0]:
             raise TrainingError(
@@ -760,44 +967,44 @@ class Trainer:
                 self.lr,
                 cfg.optim.min_lr * cfg.train.batch_size / 256,
             )
-            set_lr(self.optimizer, lr)
-            if self.device.type == "cuda" and cfg.train.channels_last and views[0].dim() == 4:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            with torch.autocast(
-                self.device.type,
-                dtype=self.amp_dtype or torch.float32,
-                enabled=self.amp_dtype is not None,
-            ):
-                logits, first = self.net(views, self.queue)
-                loss = self.loss_fn(logits)
-            # Skipping or stopping changes the control flow: all ranks decide together.
-            nonfinite, stop = dist.any_rank(
-                not bool(torch.isfinite(loss)), self._stop_signal is not None, device=self.device
-            )
-            self._stopping = self._stopping or stop
-            if self._finite_or_skip(not nonfinite, "loss") and self._update(loss):
-                if self.queue is not None and epoch >= cfg.train.queue_start_epoch:
-                    self.queue.push_global(first.float())
-                self._loss_sum = self._loss_sum + loss.detach().float()
-                state.epoch_loss_steps += 1
+            result = self.train_step(views, lr, epoch)
             state.step += 1
             state.global_step += 1
+            log_now = state.step % cfg.train.log_every == 0 or state.step == self.steps_per_epoch
+            every = cfg.train.checkpoint_every_steps
+            # The epoch's last step is saved by the epoch end right after.
+            save_now = bool(
+                every and state.global_step % every == 0 and state.step < self.steps_per_epoch
+            )
             seen += views[0].shape[0] * dist.world_size()
-            if state.step % cfg.train.log_every == 0 or state.step == self.steps_per_epoch:
+            if log_now:
+                self._check_finite()
                 now = time.perf_counter()
-                record = self._step_record(epoch, lr, loss.detach(), logits, seen / (now - t_last))
+                loss, logits = result
+                record = self._step_record(epoch, lr, loss, logits, seen / (now - t_last))
                 t_last, seen = now, 0
                 progress.update(state.step, record)
             if self._kill_at == (state.global_step, "step"):
                 _kill_self()
-            every = cfg.train.checkpoint_every_steps
-            # The epoch's last step is saved by the epoch end right after.
-            if every and state.global_step % every == 0 and state.step < self.steps_per_epoch:
+            if save_now:
                 self.save()
-            if self._stopping:
+            if self._agree_to_stop(log_now or save_now):
                 break
         progress.close()
+        self._check_finite()
         return {"epoch": epoch, "loss": self._epoch_mean_loss()}
+
+    def _agree_to_stop(self, boundary: bool) -> bool:
+        """Whether all ranks stop here (a stop signal reached any of them).
+
+        One process decides from a host flag at every step. Several agree through a
+        collective, which waits for the device, so they do it only at log and checkpoint
+        steps: the same steps on every rank.
+        """
+        if dist.world_size() == 1 or boundary:
+            (stop,) = dist.any_rank(self._stop_signal is not None, device=self.device)
+            self._stopping = self._stopping or stop
+        return self._stopping
 
     def _epoch_mean_loss(self) -> float:
         """Mean loss of this epoch's updated steps so far, averaged over ranks."""
@@ -807,36 +1014,74 @@ class Trainer:
         local = total / steps if steps else torch.tensor(math.nan, device=self.device)
         return float(dist.all_reduce_mean(local))
 
-    def _update(self, loss: torch.Tensor) -> bool:
-        """Backward and optimiser step; False when the step was skipped (non-finite gradient)."""
-        cfg = self.cfg
+    def train_step(self, views: list[torch.Tensor], lr: float, epoch: int):
+        """One optimisation step; returns (detached loss, logits), also for a skipped step.
+
+        Nothing here reads a device value on the host (on GPU the step is queued, not
+        waited for): a non-finite loss or gradient norm is recorded on the device and raised
+        at the next log point or checkpoint (``_check_finite``), before anything is saved.
+        Exceptions: fp16's GradScaler (it skips such steps itself), and
+        ``train.skip_nonfinite``, which must know before stepping (all ranks decide together).
+        """
+        cfg, state = self.cfg, self.state
+        set_lr(self.optimizer, lr)
+        if self.device.type == "cuda" and cfg.train.channels_last and views[0].dim() == 4:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            logits, first = self.net(views, self.queue)
+            loss = self.loss_fn(logits)
+        if cfg.train.skip_nonfinite and self._skip(loss):
+            return loss.detach(), logits
+        self._flag_nonfinite(loss, 0)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.optim.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
-            # With fp16 the scaler itself skips steps with inf/NaN gradients.
-            # The norm is of the all-reduced gradients: every rank takes the same decision.
-            finite = bool(torch.isfinite(norm))
-            if not self.scaler.is_enabled() and not self._finite_or_skip(finite, "gradient norm"):
-                self.optimizer.zero_grad(set_to_none=True)
-                return False
+            # With fp16 the scaler itself skips steps with inf/NaN gradients. The norm is of
+            # the all-reduced gradients: every rank takes the same decision.
+            if not self.scaler.is_enabled():
+                if cfg.train.skip_nonfinite and self._skip(norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return loss.detach(), logits
+                self._flag_nonfinite(norm, 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return True
+        if self.queue is not None and epoch >= cfg.train.queue_start_epoch:
+            self.queue.push_global(first.float())
+        if self._loss_sum is None:  # a step outside train_one_epoch (tests, tools)
+            self._loss_sum = torch.tensor(self.state.epoch_loss_sum, device=self.device)
+        self._loss_sum = self._loss_sum + loss.detach().float()
+        state.epoch_loss_steps += 1
+        return loss.detach(), logits
 
-    def _finite_or_skip(self, finite: bool, what: str) -> bool:
-        """True to go on with the step; False to skip it (counted); raises to stop."""
-        if finite:
-            return True
-        state = self.state
-        if self.cfg.train.skip_nonfinite:
-            state.skipped_steps += 1
-            return False
+    def _skip(self, value: torch.Tensor) -> bool:
+        """``train.skip_nonfinite``: whether any rank saw a non-finite ``value`` (counted)."""
+        (nonfinite,) = dist.any_rank(not bool(torch.isfinite(value)), device=self.device)
+        if nonfinite:
+            self.state.skipped_steps += 1
+        return nonfinite
+
+    def _flag_nonfinite(self, value: torch.Tensor, what: int) -> None:
+        code = 2 * self.state.global_step + what
+        bad = ~torch.isfinite(value.detach()) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, code, self._first_bad)
+
+    def _check_finite(self) -> None:
+        """Raise on every rank if any rank had a non-finite value since the last check."""
+        codes = [c for c in dist.gather_object(int(self._first_bad)) if c >= 0]
+        if not codes:
+            return
+        step, what = divmod(min(codes), 2)
+        epoch, in_epoch = divmod(step, self.steps_per_epoch)
         raise TrainingError(
-            f"non-finite {what} at epoch {state.epoch} step {state.step} (global step "
-            f"{state.global_step}); stopped before updating, and {self._last_good()}: rerun "
-            f"the same command with {RECOVERY_HINT}"
+            f"non-finite {('loss', 'gradient norm')[what]} at epoch {epoch} step {in_epoch} "
+            f"(global step {step}); stopped, and {self._last_good()}: rerun the same command "
+            f"with {RECOVERY_HINT}"
         )
 
     def _step_record(self, epoch, lr, loss, logits, img_per_s) -> dict:
@@ -906,6 +1151,12 @@ class Trainer:
     # -- the whole run
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.source.close()  # stop the loader's persistent workers
+
+    def _fit(self) -> dict:
         cfg, state = self.cfg, self.state
         if isinstance(self.source, CachedFeatureSource):
             self.source.load()  # before the epoch timer: epochs then measure training alone

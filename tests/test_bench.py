@@ -1,0 +1,100 @@
+"""The benchmark commands run and print the documented JSON (their figures are not tested)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+TINY_RECIPE = """
+model: {backbone: resnet20, heads: [4, 6], hidden_dim: 32, out_dim: 16}
+augment: {global_size: 32, local_size: 16, local_crops: 2}
+optim: {optimizer: lars}
+train: {queue_size: 64, device: cpu}
+data: {workers: 0}
+"""
+
+
+def cli(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "selfclassifier", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def bench_images(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "images"
+    done = cli("bench", "make-images", out, "--n", 6)
+    assert done.returncode == 0, done.stderr
+    return out, json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(TINY_RECIPE)
+    return path
+
+
+def test_make_images_writes_realistic_jpegs(bench_images):
+    out, report = bench_images
+    files = sorted(out.glob("*.jpg"))
+    assert report["images"] == len(files) == 6
+    for f in files:
+        with Image.open(f) as im:
+            assert im.format == "JPEG" and im.size == (500, 375)
+        assert 25_000 < f.stat().st_size < 120_000
+    assert 30 < report["mean_kb"] < 100
+
+
+def test_bench_data_measures_both_pipelines_in_one_run(bench_images, recipe):
+    out, _ = bench_images
+    done = cli(
+        "bench", "data", "--images", out, "--pipeline", "classic,fast", "--workers", 0,
+        "--recipe", recipe, "--batch-size", 2, "--batches", 2, "--device", "cpu",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [r["pipeline"] for r in result["runs"]] == ["classic", "fast"]
+    for r in result["runs"]:
+        assert {"pipeline", "workers", "images", "images_per_s", "images_per_s_per_worker"} <= set(
+            r
+        )
+        assert r["images"] == 4 and r["images_per_s"] > 0
+    ratio = result["runs"][1]["images_per_s"] / result["runs"][0]["images_per_s"]
+    assert abs(result["fast_over_classic"] - ratio) < 0.01
+
+
+@pytest.mark.parametrize("source", [["--synthetic"], ["--images"]])
+def test_bench_train_reports_throughput_memory_and_data_wait(bench_images, recipe, source):
+    out, _ = bench_images
+    if source == ["--images"]:
+        source = ["--images", out, "--set", "augment.pipeline=fast"]
+    done = cli(
+        "bench", "train", "--config", recipe, "--steps", 2, "--warmup", 1,
+        "--batch-size", 4, *source,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    r = json.loads(done.stdout)
+    assert {
+        "device",
+        "images_per_s",
+        "step_ms_median",
+        "peak_mem_gib",
+        "data_wait_fraction",
+    } <= set(r)
+    assert r["images_per_s"] > 0 and r["step_ms_median"] > 0
+    assert 0 <= r["data_wait_fraction"] <= 1
+    assert r["data"] == ("synthetic" if "--synthetic" in source else str(out))
+
+
+def test_bench_rejects_bad_input_in_one_line(tmp_path):
+    done = cli("bench", "data", "--images", tmp_path, "--pipeline", "turbo")
+    assert done.returncode == 2 and done.stderr.startswith("error:") and "turbo" in done.stderr
+    assert "Traceback" not in done.stderr
