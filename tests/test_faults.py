@@ -352,7 +352,7 @@ def test_failing_transform_falls_through_to_next_sample():
 
     views = train_module._ClassicViews(Flaky(), transform, seed=0)
     with pytest.warns(UserWarning, match="skipping sample 1: ValueError"):
-        (view,) = views[1]
+        (view,) = views[(0, 0, 1)]  # keys are (epoch, step, index)
     assert int(view.max()) == 2
 
 
