@@ -175,7 +175,13 @@ def _evaluate_parser(sub) -> None:
         "dataset's train split as memory and its test split as queries (digits: the fixed "
         "1347/450 split), or a fixed 75/25 hold-out (seed 0) of a folder without splits.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        nargs="?",
+        help="a trained checkpoint; omit it with --features pixels --data D for the raw-pixel "
+        "baselines at the data's native resolution",
+    )
     p.add_argument("--data", help="evaluation data (default: the checkpoint's training data)")
     p.add_argument(
         "--split",
@@ -206,9 +212,25 @@ def _evaluate_parser(sub) -> None:
 def cmd_evaluate(args) -> int:
     import json
 
-    from selfclassifier.evaluation import EvalOptions, evaluate_run, format_results, load_run
+    from selfclassifier.evaluation import (
+        EvalOptions,
+        PixelRun,
+        evaluate_run,
+        format_results,
+        load_run,
+    )
 
-    run = load_run(args.checkpoint, args.device)
+    if args.checkpoint is not None:
+        run = load_run(args.checkpoint, args.device)
+    elif args.features == "pixels" and args.data:
+        if args.superclasses:
+            raise CLIError("evaluate: --superclasses scores a model's heads; give a CHECKPOINT")
+        run = PixelRun.for_data(args.data, args.split or "all")
+    else:
+        raise CLIError(
+            "evaluate: give a CHECKPOINT, or --features pixels --data D for the raw-pixel "
+            "baselines without a model"
+        )
     opts = EvalOptions(
         data=args.data,
         split=args.split,

@@ -58,6 +58,7 @@ __all__ = [
     "FEATURE_KINDS",
     "EvalOptions",
     "LoadedRun",
+    "PixelRun",
     "ProbeSource",
     "evaluate_run",
     "extract",
@@ -140,6 +141,50 @@ def load_run(checkpoint: str | os.PathLike, device: str = "auto") -> LoadedRun:
     model, cfg, ckpt = model_from_checkpoint(checkpoint)
     channels = int(ckpt.get("data", {}).get("channels", 3))
     return LoadedRun(model.to(dev).eval(), cfg, channels, Path(checkpoint), dev)
+
+
+@dataclass
+class PixelRun:
+    """Stands in for a model when there is no checkpoint: the raw-pixel baselines.
+
+    ``extract`` returns each image's pixels at its native resolution, scaled to 0..1 (no
+    model, no heads), so ``evaluate --features pixels`` without a CHECKPOINT scores k-means,
+    kNN and the linear probe on exactly the data files. Only in-memory datasets (digits, IDX
+    folders) qualify: image files differ in size, and a checkpoint fixes theirs.
+    """
+
+    cfg: Config
+    channels: int
+    path: str = "none (raw pixels)"
+    device: torch.device = torch.device("cpu")
+
+    mode = LoadedRun.mode
+
+    @classmethod
+    def for_data(cls, spec: str, split: str) -> PixelRun:
+        ds = build_dataset(spec, split)
+        if not isinstance(ds, TensorImageDataset):
+            raise DataError(
+                f"--data {spec!r}: pixel baselines without a CHECKPOINT need same-size images "
+                "(digits, fashion_mnist or an IDX folder); for an image folder pass a "
+                "checkpoint, whose input size the images are resized to"
+            )
+        cfg = Config()
+        cfg.data.path, cfg.data.split = spec, split
+        c = ds.num_channels
+        cfg.augment.mean, cfg.augment.std = [0.0] * c, [1.0] * c  # pixels stay in 0..1
+        return cls(cfg, c)
+
+    def extract(self, ds: Dataset, keep_pixels: bool = True, **_) -> Outputs:
+        ds = match_channels(ds, self.channels)
+        n = len(ds)
+        return Outputs(
+            features=torch.empty(n, 0),
+            embeddings=torch.empty(n, 0),
+            probs=[],
+            labels=ds.targets.long(),
+            pixels=ds.images.reshape(n, -1).float() / 255.0,
+        )
 
 
 def match_channels(ds: Dataset, channels: int) -> Dataset:
@@ -340,7 +385,7 @@ class EvalOptions:
     workers: int | None = None
 
 
-def evaluate_run(run: LoadedRun, opts: EvalOptions, log: Callable[[str], None] = print) -> dict:
+def evaluate_run(run: LoadedRun | PixelRun, opts: EvalOptions, log: Callable[[str], None] = print) -> dict:
     """Every requested protocol on a loaded model; the JSON document ``evaluate`` writes.
 
     Returns ``{"checkpoint", "data", "features", "heads": [...]}`` plus "knn", "linear",
@@ -372,6 +417,8 @@ def evaluate_run(run: LoadedRun, opts: EvalOptions, log: Callable[[str], None] =
         "features": opts.features,
         "heads": head_scores(out),
     }
+    if not result["heads"]:
+        del result["heads"]  # no model
     if opts.knn or opts.linear:
         source = probe_source(spec, split, opts.train_data, run.mode, recorded)
         memory, queries = probe_outputs(source, out, extract_ds)
@@ -440,8 +487,9 @@ def format_results(result: dict) -> str:
     d, kind = result["data"], result["features"]
     lines = [
         f"data: {d['path']} ({d['split']}, {d['samples']} images)",
-        format_table(result["heads"]),
     ]
+    if "heads" in result:
+        lines.append(format_table(result["heads"]))
     if "knn" in result:
         r = result["knn"]
         lines.append(

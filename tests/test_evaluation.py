@@ -14,7 +14,7 @@ from test_report import assert_img_srcs_resolve, parse, require_chromium, run_he
 
 from selfclassifier.cli import main
 from selfclassifier.config import AugmentConfig
-from selfclassifier.data import DataError, TensorImageDataset, build_dataset
+from selfclassifier.data import DataError, TensorImageDataset, build_dataset, write_idx
 from selfclassifier.evaluate import kmeans_metrics, knn_top1
 from selfclassifier.evaluation import (
     features_of,
@@ -214,6 +214,57 @@ def test_evaluate_pixel_features_known_answer(digits_run, tmp_path):
     assert expected > 0.9  # sklearn's digits are easy for kNN on pixels
     kmeans = kmeans_metrics(raw[1], test.targets, k=10)
     assert result["kmeans"] == pytest.approx({"k": 10, **kmeans}, abs=1e-6)
+
+
+def test_pixel_baselines_need_no_checkpoint(digits_run, tmp_path):
+    """``evaluate --features pixels --data D`` without a model gives the same baselines as
+    through a checkpoint whose input is the native resolution (digits: 8 px)."""
+    args = ("--knn", "--linear", "--kmeans", "--features", "pixels", "--data", "digits")
+    bare = evaluate_json(tmp_path, *args)
+    with_model = evaluate_json(tmp_path, str(digits_run / "checkpoint.pt"), *args)
+    assert "heads" not in bare and bare["data"] == with_model["data"]
+    for protocol in ("knn", "kmeans"):
+        assert bare[protocol] == pytest.approx(with_model[protocol], abs=1e-6)
+    assert bare["linear"]["top1"] == pytest.approx(with_model["linear"]["top1"], abs=0.02)
+
+
+def test_pixel_baselines_on_an_idx_folder_at_native_size(tmp_path, capsys):
+    """Two well-separated classes of 12x10 images: k-means on pixels is perfect, and the
+    split flag picks the part of the IDX files scored."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "idx"
+    root.mkdir()
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        labels = np.arange(n) % 2
+        images = rng.integers(0, 30, (n, 12, 10))
+        images[labels == 0, :, :5] += 200  # bright left half vs bright right half
+        images[labels == 1, :, 5:] += 200
+        write_idx(str(root / f"{prefix}-images-idx3-ubyte.gz"), images.astype(np.uint8))
+        write_idx(str(root / f"{prefix}-labels-idx1-ubyte.gz"), labels.astype(np.uint8))
+    result = evaluate_json(tmp_path, "--kmeans", "--features", "pixels", "--data", str(root))
+    assert result["data"]["samples"] == 60 and result["kmeans"]["acc"] == 1.0
+    result = evaluate_json(
+        tmp_path, "--kmeans", "--features", "pixels", "--data", str(root), "--split", "test"
+    )
+    assert result["data"]["samples"] == 20
+    assert "k-means (k=2, pixels features)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kmeans"], "give a CHECKPOINT"),
+        (["--kmeans", "--data", "digits"], "give a CHECKPOINT"),
+        (["--kmeans", "--features", "pixels", "--data", "{folder}"], "same-size images"),
+        (["--features", "pixels", "--data", "digits", "--superclasses", "x"], "--superclasses"),
+    ],
+)
+def test_checkpoint_free_evaluate_errors(tmp_path, capsys, args, message):
+    folder = make_image_folder(tmp_path / "folder", per_class=2)
+    args = [a.format(folder=folder) for a in args]
+    assert main(["evaluate", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
 def test_pixel_features_are_the_raw_images(digits_run):
