@@ -385,7 +385,9 @@ class EvalOptions:
     workers: int | None = None
 
 
-def evaluate_run(run: LoadedRun | PixelRun, opts: EvalOptions, log: Callable[[str], None] = print) -> dict:
+def evaluate_run(
+    run: LoadedRun | PixelRun, opts: EvalOptions, log: Callable[[str], None] = print
+) -> dict:
     """Every requested protocol on a loaded model; the JSON document ``evaluate`` writes.
 
     Returns ``{"checkpoint", "data", "features", "heads": [...]}`` plus "knn", "linear",
