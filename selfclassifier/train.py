@@ -1227,6 +1227,8 @@ class Trainer:
     def finish(self) -> dict:
         result = {"heads": self.evaluate()} if self.main else {}
         if self.main and result["heads"] is not None:
+            data = self.cfg.data
+            result["data"] = {"path": data.path, "split": data.split, "samples": len(self.dataset)}
             write_text_atomic(self.out / "eval.json", json.dumps(result, indent=2))
         return result
 
