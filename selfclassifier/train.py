@@ -14,10 +14,12 @@ import ctypes
 import errno
 import json
 import math
+import multiprocessing
 import os
 import random
 import signal
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -347,6 +349,24 @@ _LIVE_SOURCES: weakref.WeakSet = weakref.WeakSet()
 def _close_live_sources() -> None:
     for source in list(_LIVE_SOURCES):
         source.close()
+    # Last resort for workers whose loader outlived every source (an iterator kept alive by a
+    # stored traceback, say): do what multiprocessing's hook would, but end with SIGKILL, which
+    # a worker cannot ignore, instead of joining a process that ignored SIGTERM forever.
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if not children:
+        return
+    if threading.current_thread() is threading.main_thread():
+        # PyTorch's SIGCHLD handler raises when a worker dies by a signal: not news at exit.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + 2
+    for child in children:
+        child.join(timeout=max(0.0, deadline - time.monotonic()))
+    for child in children:
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=5)
 
 
 class ViewSource:
@@ -411,8 +431,13 @@ class ViewSource:
     def close(self) -> None:
         """Stop the loader's workers (they otherwise prefetch until the process ends)."""
         if not self.in_memory:
-            self._stream = None
-            self._loader._iterator = None  # persistent workers live in the loader's iterator
+            # Persistent workers live in the loader's iterator. Shut them down explicitly: a
+            # reference to the iterator held elsewhere (a traceback's frame) would otherwise
+            # keep them, and they ignore SIGTERM.
+            iterator, self._loader._iterator, self._stream = self._loader._iterator, None, None
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def _restart(self, epoch: int, step: int) -> None:
         self.close()

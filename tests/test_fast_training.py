@@ -86,6 +86,7 @@ def test_fast_views_are_reproducible_and_resume_mid_epoch(jpeg_folder, workers):
     again = list(source.epoch(0))  # the same persistent workers, a second pass
     resumed = list(source.epoch(0, start_step=1))
     other = list(source.epoch(1))
+    source.close()
     assert (
         len(first) == 2 and [v.shape for v in first[0]] == [(8, 3, 16, 16)] * 2 + [(8, 3, 8, 8)] * 2
     )
@@ -94,9 +95,20 @@ def test_fast_views_are_reproducible_and_resume_mid_epoch(jpeg_folder, workers):
     assert not torch.equal(first[0][0], other[0][0])
 
 
-def test_a_process_with_live_loader_workers_still_exits(jpeg_folder):
-    """Workers ignore SIGTERM (stops are the main process's job), so a source left open when
-    the interpreter exits must still be shut down, not joined forever."""
+# How a process can end with loader workers still running: a source left open; an iterator
+# that outlives its source's close() (a stored traceback's frame holds it); an iterator whose
+# source is already gone.
+LEFT_OPEN = {
+    "open source": "",
+    "iterator held elsewhere": "held = source._loader._iterator\n",
+    "source gone": "held = source._loader._iterator\nsource._loader._iterator = None\ndel source\n",
+}
+
+
+@pytest.mark.parametrize("how", LEFT_OPEN)
+def test_a_process_with_live_loader_workers_still_exits(jpeg_folder, how):
+    """Workers ignore SIGTERM (stops are the main process's job), so workers still running when
+    the interpreter exits must be shut down, not joined forever (CI once hung here)."""
     code = (
         "import sys, torch\n"
         "from selfclassifier.data import build_dataset\n"
@@ -106,6 +118,7 @@ def test_a_process_with_live_loader_workers_still_exits(jpeg_folder):
         "data={'workers': 2})\n"
         f"source = ViewSource(build_dataset({str(jpeg_folder)!r}), cfg, 3, torch.device('cpu'))\n"
         "next(iter(source.epoch(0)))\n"
+        f"{LEFT_OPEN[how]}"
         "print('left open')\n"
     )
     here = str(Path(__file__).parent)

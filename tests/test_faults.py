@@ -325,7 +325,10 @@ def test_dead_worker_restarts_the_epoch_where_it_stopped(tmp_path):
     def views(ds, workers: int) -> list[torch.Tensor]:
         cfg.data.workers = workers
         source = train_module.ViewSource(ds, cfg, 3, device)
-        return [torch.cat(v) for v in source.epoch(0)]
+        try:
+            return [torch.cat(v) for v in source.epoch(0)]
+        finally:
+            source.close()
 
     expected = views(folder, 0)
     with warnings.catch_warnings(record=True) as record:
