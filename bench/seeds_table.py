@@ -3,7 +3,10 @@
     python bench/seeds_table.py runs/digits-s0 runs/digits-s1 runs/digits-s2
 
 prints one markdown row per head: classes, then NMI / AMI / ARI / ACC as mean +- std (the
-population std over the runs given), and each run's ACC of that head.
+population std over the runs given), and each run's ACC of that head. When the runs chose
+among heads of equal size (``train.selection_passes``), it adds, per class count, a row for
+the selected head of each run (chosen without labels) and one for the best head by ACC (an
+oracle that reads the labels: how much the selection leaves on the table).
 """
 
 import json
@@ -14,15 +17,28 @@ from statistics import mean, pstdev
 METRICS = ("nmi", "ami", "ari", "acc")
 
 
+def row(name: str, classes: int, heads: list[dict]) -> str:
+    cells = [f"{mean(x[m] for x in heads):.3f} ± {pstdev(x[m] for x in heads):.3f}"
+             for m in METRICS]  # fmt: skip
+    per_run = ", ".join(f"{x['acc']:.3f}" for x in heads)
+    return f"| {name} | {classes} | {' | '.join(cells)} | {per_run} |"
+
+
 def main(runs: list[str]) -> None:
     results = [json.loads((Path(r) / "eval.json").read_text())["heads"] for r in runs]
     print("| head | classes | NMI | AMI | ARI | ACC | ACC per run |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for h, heads in enumerate(zip(*results, strict=True)):
-        cells = [f"{mean(x[m] for x in heads):.3f} ± {pstdev(x[m] for x in heads):.3f}"
-                 for m in METRICS]  # fmt: skip
-        per_run = ", ".join(f"{x['acc']:.3f}" for x in heads)
-        print(f"| {h} | {heads[0]['classes']} | {' | '.join(cells)} | {per_run} |")
+        print(row(str(h), heads[0]["classes"], list(heads)))
+    classes = [x["classes"] for x in results[0]]
+    for c in sorted({c for c in classes if classes.count(c) > 1}):
+        if all("selected" in x for heads in results for x in heads):
+            picked = [next(x for x in heads if x["classes"] == c and x["selected"])
+                      for heads in results]  # fmt: skip
+            print(row("selected (no labels)", c, picked))
+        best = [max((x for x in heads if x["classes"] == c), key=lambda x: x["acc"])
+                for heads in results]  # fmt: skip
+        print(row("best by ACC (oracle)", c, best))
 
 
 if __name__ == "__main__":

@@ -185,6 +185,13 @@ class TrainConfig:
         "Every N epochs, log kNN accuracy and head NMI/ACC to metrics.jsonl "
         "(needs labels; 0 disables).",
     )
+    selection_passes: int = _f(
+        1,
+        "After training, passes over the data (fresh augmentations, frozen weights) that score "
+        "each head's loss; among heads with the same number of classes the lowest loss is "
+        "marked selected, without labels. Runs only when model.heads repeats a class count; "
+        "0 disables.",
+    )
     deterministic: bool = _f(False, "Deterministic algorithms (bitwise-reproducible on CPU).")
     skip_nonfinite: bool = _f(False, "Skip steps with a non-finite loss instead of stopping.")
     log_every: int = _f(10, "Progress-bar / log update interval in steps.")
@@ -416,7 +423,7 @@ def validate(cfg: Config) -> None:
     _check(o.min_lr >= 0, f"optim.min_lr must be >= 0, got {o.min_lr}")
     _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
     _check(o.clip_grad >= 0, f"optim.clip_grad must be >= 0 (0 disables), got {o.clip_grad}")
-    for key in ("checkpoint_every_steps", "eval_every", "queue_start_epoch"):
+    for key in ("checkpoint_every_steps", "eval_every", "queue_start_epoch", "selection_passes"):
         v = getattr(t, key)
         _check(v >= 0, f"train.{key} must be >= 0 (0 disables), got {v}")
     _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")

@@ -102,19 +102,33 @@ def self_classifier_loss(
     >>> loss.shape, bool(loss > 0)
     (torch.Size([]), True)
     """
+    return head_losses(logits, row_tau, col_tau, eps, num_global).mean()
+
+
+def head_losses(
+    logits: Logits,
+    row_tau: float = 0.1,
+    col_tau: float = 0.05,
+    eps: float = 1e-12,
+    num_global: int = 2,
+) -> torch.Tensor:
+    """Each head's Self-Classifier loss, shape (H,): :func:`self_classifier_loss` is their
+    mean. Arguments as there."""
     if len(logits) == 0 or len(logits[0]) < 2:
         raise ValueError("self_classifier_loss needs at least one head and two views")
     with torch.autocast(device_type=logits[0][0].device.type, enabled=False):
         logits = [[v.float() for v in head] for head in logits]
         global_logits, rows = _gather_views(logits)
         pairs = view_pairs(len(logits[0]), num_global)
-        total = logits[0][0].new_zeros(())
+        per_head = []
         for views in global_logits:
             targets = [dist.local_rows(_targets(s, col_tau), rows) for s in views]
             log_preds = [dist.local_rows(_log_predictions(s, row_tau, eps), rows) for s in views]
+            total = views[0].new_zeros(())
             for i, j in pairs:
                 total = total - (targets[i] * log_preds[j]).sum(dim=1).mean()
-        return total / (len(pairs) * len(global_logits))
+            per_head.append(total / len(pairs))
+        return torch.stack(per_head)
 
 
 class SelfClassifierLoss(nn.Module):

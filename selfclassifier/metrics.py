@@ -164,21 +164,43 @@ def head_metrics(labels: Any, preds: Any, num_classes: int) -> dict[str, float |
     return out
 
 
+def select_heads(classes: list[int], losses: list[float]) -> list[bool]:
+    """Per head, whether it has the lowest loss among the heads with its number of classes
+    (the first on a tie): the unsupervised choice among candidate heads.
+
+    >>> select_heads([10, 10, 20, 10], [0.3, 0.2, 0.9, 0.2])
+    [False, True, True, False]
+    """
+    best: dict[int, int] = {}
+    for h, (c, loss) in enumerate(zip(classes, losses, strict=True)):
+        if c not in best or loss < losses[best[c]]:
+            best[c] = h
+    return [best[c] == h for h, c in enumerate(classes)]
+
+
+SELECTED_NOTE = "* lowest loss among the heads with as many classes (chosen without labels)"
+
+
 def format_table(heads: list[dict]) -> str:
-    """Per-head scores (as from :func:`head_metrics`) as a fixed-width text table."""
+    """Per-head scores (as from :func:`head_metrics`) as a fixed-width text table; heads with
+    a ``selection_loss`` get a ``loss`` column and a ``*`` on the selected ones."""
     cols = ["classes", "nmi", "ami", "ari", "acc", "acc_many_to_one"]
-    lines = [
-        "head  " + "  ".join(f"{c:>15}" if c == "acc_many_to_one" else f"{c:>7}" for c in cols)
-    ]
+    if any("selection_loss" in h for h in heads):
+        cols.append("selection_loss")
+    width = {"acc_many_to_one": 15, "selection_loss": 14}
+    lines = ["head   " + "  ".join(f"{c:>{width.get(c, 7)}}" for c in cols)]
     for i, h in enumerate(heads):
         cells = []
         for c in cols:
             v = h.get(c)
-            w = 15 if c == "acc_many_to_one" else 7
+            w = width.get(c, 7)
             cells.append(
                 f"{'-':>{w}}"
                 if v is None
                 else (f"{v:>{w}d}" if isinstance(v, int) else f"{v:>{w}.4f}")
             )
-        lines.append(f"{i:>4}  " + "  ".join(cells))
+        mark = "*" if h.get("selected") else " "
+        lines.append(f"{i:>4}{mark}  " + "  ".join(cells))
+    if any(h.get("selected") for h in heads):
+        lines.append(SELECTED_NOTE)
     return "\n".join(lines)

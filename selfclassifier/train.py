@@ -69,8 +69,8 @@ from selfclassifier.evaluation import (
     probe_source,
 )
 from selfclassifier.inference import Outputs, dataset_channels, eval_loader, run_model
-from selfclassifier.loss import SelfClassifierLoss
-from selfclassifier.metrics import format_table
+from selfclassifier.loss import SelfClassifierLoss, head_losses
+from selfclassifier.metrics import format_table, select_heads
 from selfclassifier.optim import build_optimizer, cosine_lr, set_lr
 from selfclassifier.pretrained import load_backbone_weights
 from selfclassifier.queue import NNQueue
@@ -1249,9 +1249,57 @@ class Trainer:
         self._loss_sum = None
         self.save()
 
+    def selection_losses(self) -> list[float] | None:
+        """Each head's loss with the trained weights frozen (BatchNorm in eval mode), averaged
+        over ``train.selection_passes`` passes over the data with augmentations no training
+        step saw (those of the epochs after the last). None when no class count repeats in
+        ``model.heads`` (nothing to choose) or the passes are disabled.
+
+        Lower is better: among heads of equal size the lowest-loss one is the unsupervised
+        pick (candidate heads and lowest-loss selection as in SCAN, Van Gansbeke et al. 2020;
+        docs/RESULTS.md measures how well it finds the best head on digits). Every rank runs
+        this: the loss's column softmax spans the global batch."""
+        classes = self.model.num_classes
+        passes = self.cfg.train.selection_passes
+        if passes == 0 or len(set(classes)) == len(classes):
+            return None
+        cfg = self.cfg
+        self.net.eval()
+        total = torch.zeros(len(classes), device=self.device)
+        steps = 0
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            for extra in range(passes):
+                for views in self.source.epoch(cfg.train.epochs + extra):
+                    with torch.autocast(
+                        self.device.type,
+                        dtype=self.amp_dtype or torch.float32,
+                        enabled=self.amp_dtype is not None,
+                    ):
+                        logits, _ = self.net(views, None)
+                    total += head_losses(
+                        logits, cfg.loss.row_tau, cfg.loss.col_tau, cfg.loss.eps,
+                        cfg.augment.global_crops,
+                    )  # fmt: skip
+                    steps += 1
+        return [float(v) for v in dist.all_reduce_mean(total / max(steps, 1))]
+
     def finish(self) -> dict:
+        losses = self.selection_losses()
+        selected = None if losses is None else select_heads(self.model.num_classes, losses)
+        if losses is not None and self.main:
+            record = {"selection_loss": [round(v, 6) for v in losses], "selected": selected}
+            self._log_metrics({"head_selection": record})
+            picks = ", ".join(
+                f"{c} classes: head {h}"
+                for h, (c, pick) in enumerate(zip(self.model.num_classes, selected, strict=True))
+                if pick and self.model.num_classes.count(c) > 1
+            )
+            self.log(f"head selection (lowest loss, no labels): {picks}")
         result = {"heads": self.evaluate()} if self.main else {}
         if self.main and result["heads"] is not None:
+            if losses is not None:
+                for head, loss, pick in zip(result["heads"], losses, selected, strict=True):
+                    head["selection_loss"], head["selected"] = loss, pick
             data = self.cfg.data
             result["data"] = {"path": data.path, "split": data.split, "samples": len(self.dataset)}
             write_text_atomic(self.out / "eval.json", json.dumps(result, indent=2))
