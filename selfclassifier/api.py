@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 
 from selfclassifier.augment import eval_transform
-from selfclassifier.checkpoint import model_from_checkpoint
+from selfclassifier.checkpoint import model_from_checkpoint, selection_losses_of
 from selfclassifier.config import Config
 from selfclassifier.data import DataError, UnreadableImage, open_image
+from selfclassifier.metrics import default_head
 from selfclassifier.model import SelfClassifier
 
 ImageLike = Image.Image | str | os.PathLike | np.ndarray
@@ -35,8 +36,19 @@ class Predictor:
     is already resized and normalised (the ONNX export's input).
     """
 
-    def __init__(self, model: SelfClassifier, cfg: Config, info: dict, device: torch.device):
+    def __init__(
+        self,
+        model: SelfClassifier,
+        cfg: Config,
+        info: dict,
+        device: torch.device,
+        selection_loss: list[float] | None = None,
+    ):
         self.model, self.config, self.device = model.to(device).eval(), cfg, device
+        #: each head's loss after training, when candidate heads were scored (else [])
+        self.selection_loss = list(selection_loss or [])
+        #: the head :meth:`predict` uses by default: 0, or the selected one among candidates
+        self.default_head = default_head(self.model.num_classes, self.selection_loss)
         self.channels = int(info.get("channels", 3))
         self.image_size = cfg.augment.global_size
         #: names of the labelled classes the model was trained on (if any), not its clusters
@@ -113,9 +125,11 @@ class Predictor:
         return [torch.cat(p) for p in out]
 
     def predict(
-        self, images: Images, head: int = 0, batch_size: int = 256
+        self, images: Images, head: int | None = None, batch_size: int = 256
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class ids (N,) int64, confidence (N,) = probability of that class) of one head."""
+        """(class ids (N,) int64, confidence (N,) = probability of that class) of one head
+        (default: :attr:`default_head`)."""
+        head = self.default_head if head is None else head
         if not -len(self.model.heads) <= head < len(self.model.heads):
             raise ValueError(f"head {head} does not exist; the model has {len(self.model.heads)}")
         confidence, classes = self.probabilities(images, batch_size)[head].max(dim=1)
@@ -142,4 +156,5 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> P
     Reading never runs code from the file (``torch.load(weights_only=True)``).
     """
     model, cfg, ckpt = model_from_checkpoint(checkpoint, map_location="cpu")
-    return Predictor(model, cfg, ckpt.get("data", {}), torch.device(device))
+    selection = selection_losses_of(ckpt, len(model.heads))
+    return Predictor(model, cfg, ckpt.get("data", {}), torch.device(device), selection)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import pickle
 import tempfile
@@ -305,3 +306,16 @@ def model_from_checkpoint(path: str | os.PathLike, map_location="cpu"):
     load_state(model, ckpt["model"], str(path))
     model.eval()
     return model, cfg, ckpt
+
+
+def selection_losses_of(ckpt: dict, num_heads: int) -> list[float]:
+    """The per-head losses a finished run scored its heads with (``Trainer.selection_losses``),
+    or [] when it did not (no candidate heads, an older or converted checkpoint) or the entry
+    is not one finite number per head."""
+    state = ckpt.get("state")
+    values = state.get("selection_loss") if isinstance(state, dict) else None
+    if not isinstance(values, list) or len(values) != num_heads:
+        return []
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return []
+    return [float(v) for v in values]

@@ -314,7 +314,12 @@ def _report_parser(sub) -> None:
     p.add_argument("--data", help="images to show (default: the checkpoint's training data)")
     p.add_argument("--split", choices=["train", "test", "all"])
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--head", type=int, default=0, help="head to show (default 0)")
+    p.add_argument(
+        "--head",
+        type=int,
+        help="head to show (default: head 0, or the selected one among candidate heads of its "
+        "size)",
+    )
     p.add_argument("--per-class", type=_positive_int, default=16, help="images per class")
     p.add_argument("--max-classes", type=_positive_int, help="sections for this many classes")
     _inference_flags(p)

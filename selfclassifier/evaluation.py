@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from selfclassifier.augment import normalization
-from selfclassifier.checkpoint import model_from_checkpoint
+from selfclassifier.checkpoint import model_from_checkpoint, selection_losses_of
 from selfclassifier.config import AugmentConfig, Config, ConfigError
 from selfclassifier.data import (
     DataError,
@@ -51,7 +51,7 @@ from selfclassifier.evaluate import (
     relabel,
 )
 from selfclassifier.inference import Outputs, eval_loader, run_model
-from selfclassifier.metrics import format_table, head_metrics
+from selfclassifier.metrics import default_head, format_table, head_metrics, select_heads
 from selfclassifier.model import SelfClassifier
 
 __all__ = [
@@ -113,6 +113,21 @@ class LoadedRun:
     channels: int
     path: Path
     device: torch.device
+    #: each head's loss after training (empty unless candidate heads were scored)
+    selection_loss: list[float] = field(default_factory=list)
+
+    @property
+    def default_head(self) -> int:
+        """The head to show when none is named (see :func:`metrics.default_head`)."""
+        return default_head(self.model.num_classes, self.selection_loss)
+
+    def mark_selection(self, heads: list[dict]) -> list[dict]:
+        """Add ``selection_loss`` / ``selected`` to per-head score dicts, when scored."""
+        if self.selection_loss:
+            selected = select_heads(self.model.num_classes, self.selection_loss)
+            for head, loss, pick in zip(heads, self.selection_loss, selected, strict=True):
+                head["selection_loss"], head["selected"] = loss, pick
+        return heads
 
     @property
     def mode(self) -> str:
@@ -140,7 +155,8 @@ def load_run(checkpoint: str | os.PathLike, device: str = "auto") -> LoadedRun:
     dev = resolve_device(device)
     model, cfg, ckpt = model_from_checkpoint(checkpoint)
     channels = int(ckpt.get("data", {}).get("channels", 3))
-    return LoadedRun(model.to(dev).eval(), cfg, channels, Path(checkpoint), dev)
+    selection = selection_losses_of(ckpt, len(model.heads))
+    return LoadedRun(model.to(dev).eval(), cfg, channels, Path(checkpoint), dev, selection)
 
 
 @dataclass
@@ -174,6 +190,9 @@ class PixelRun:
         c = ds.num_channels
         cfg.augment.mean, cfg.augment.std = [0.0] * c, [1.0] * c  # pixels stay in 0..1
         return cls(cfg, c)
+
+    def mark_selection(self, heads: list[dict]) -> list[dict]:
+        return heads  # no heads
 
     def extract(self, ds: Dataset, keep_pixels: bool = True, **_) -> Outputs:
         ds = match_channels(ds, self.channels)
@@ -417,7 +436,7 @@ def evaluate_run(
         "checkpoint": str(run.path),
         "data": {"path": spec, "split": split, "samples": len(out)},
         "features": opts.features,
-        "heads": head_scores(out),
+        "heads": run.mark_selection(head_scores(out)),
     }
     if not result["heads"]:
         del result["heads"]  # no model
@@ -524,7 +543,7 @@ def write_run_report(
     *,
     data: str | None = None,
     split: str | None = None,
-    head: int = 0,
+    head: int | None = None,
     per_class: int = 16,
     max_classes: int | None = None,
     batch_size: int = 256,
@@ -534,6 +553,7 @@ def write_run_report(
     from selfclassifier.report import write_report
 
     heads = run.model.num_classes
+    head = run.default_head if head is None else head
     if not 0 <= head < len(heads):
         raise ConfigError(f"--head {head}: the model has heads 0..{len(heads) - 1}")
     spec, split = data_spec(run.cfg, data, split)

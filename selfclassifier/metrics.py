@@ -178,6 +178,19 @@ def select_heads(classes: list[int], losses: list[float]) -> list[bool]:
     return [best[c] == h for h, c in enumerate(classes)]
 
 
+def default_head(classes: list[int], losses: list[float] | None) -> int:
+    """The head tools use when none is named: the first head or, when candidate heads of its
+    size were scored, the selected (lowest-loss) one among them.
+
+    >>> default_head([10, 10, 20], [0.3, 0.2, 0.9]), default_head([10, 20], None)
+    (1, 0)
+    """
+    if not losses:
+        return 0
+    selected = select_heads(classes, losses)
+    return next(h for h, c in enumerate(classes) if c == classes[0] and selected[h])
+
+
 SELECTED_NOTE = "* lowest loss among the heads with as many classes (chosen without labels)"
 
 

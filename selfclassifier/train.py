@@ -590,6 +590,8 @@ class RunState:
     # Running sum of this epoch's step losses, so a resumed epoch reports the same mean.
     epoch_loss_sum: float = 0.0
     epoch_loss_steps: int = 0
+    # Each head's loss after training (Trainer.selection_losses); empty when not scored.
+    selection_loss: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, s: dict) -> RunState:
@@ -601,6 +603,7 @@ class RunState:
             list(s.get("history", [])),
             float(s.get("epoch_loss_sum", 0.0)),
             int(s.get("epoch_loss_steps", 0)),
+            [float(v) for v in s.get("selection_loss", [])],
         )
 
 
@@ -893,6 +896,7 @@ class Trainer:
                 "history": state.history,
                 "epoch_loss_sum": state.epoch_loss_sum,
                 "epoch_loss_steps": state.epoch_loss_steps,
+                "selection_loss": state.selection_loss,
             },
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -1246,6 +1250,7 @@ class Trainer:
         self._log_metrics({"epoch_end": epoch, **summary})
         state.epoch, state.step = epoch + 1, 0
         state.epoch_loss_sum, state.epoch_loss_steps = 0.0, 0
+        state.selection_loss = []  # the weights changed: scored again when training ends
         self._loss_sum = None
         self.save()
 
@@ -1286,6 +1291,9 @@ class Trainer:
     def finish(self) -> dict:
         losses = self.selection_losses()
         selected = None if losses is None else select_heads(self.model.num_classes, losses)
+        if losses is not None and losses != self.state.selection_loss:
+            self.state.selection_loss = losses  # evaluate, report, predict and load() read it
+            self.save()
         if losses is not None and self.main:
             record = {"selection_loss": [round(v, 6) for v in losses], "selected": selected}
             self._log_metrics({"head_selection": record})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -365,6 +366,17 @@ def test_torchrun_two_processes_then_resume_in_one(tmp_path):
     assert _epoch_ends(two) == [0]
     ckpt = torch.load(two / "checkpoint.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and ckpt["state"]["epoch"] == 1
+
+    # The finished run, rerun in one process, only scores its heads again: the unsupervised
+    # head selection (losses over the global batch) and the evaluation equal the 2-process ones.
+    again = tmp_path / "again"
+    shutil.copytree(two, again)
+    _run(_train_cmd(again, epochs=1))
+    by_two, by_one = (json.loads((d / "eval.json").read_text())["heads"] for d in (two, again))
+    assert len({h["classes"] for h in by_one}) < len(by_one)  # the preset has candidate heads
+    for a, b in zip(by_two, by_one, strict=True):
+        assert abs(a["selection_loss"] - b["selection_loss"]) <= 1e-4 * b["selection_loss"]
+        assert a["selected"] == b["selected"] and a["acc"] == b["acc"]
 
     # The same command in one process starts the same run: same data order, views and initial
     # weights give the same losses. (Later steps drift apart by float rounding, as they do

@@ -10,6 +10,8 @@ from conftest import run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
+import selfclassifier
+from selfclassifier.checkpoint import load_checkpoint, selection_losses_of
 from selfclassifier.config import load_config, parse_set
 from selfclassifier.loss import head_losses, self_classifier_loss
 from selfclassifier.metrics import SELECTED_NOTE, format_table, select_heads
@@ -81,8 +83,10 @@ def test_no_selection_when_nothing_to_choose_or_disabled(tmp_path, heads, passes
     assert trainer.selection_losses() is None
 
 
-def test_cli_marks_the_lowest_loss_head_in_eval_json_table_and_metrics(tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def candidates_run(tmp_path_factory):
+    """One epoch on digits' test split with three 5-class candidates and an 8-class head."""
+    out = tmp_path_factory.mktemp("selection") / "run"
     r = run_cli(
         "train", "--out", out, "--epochs", "1", "--split", "test", "--device", "cpu",
         "--set", "model.heads=[5,5,5,8]", "--set", "model.hidden_dim=32",
@@ -90,13 +94,59 @@ def test_cli_marks_the_lowest_loss_head_in_eval_json_table_and_metrics(tmp_path)
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     heads = json.loads((out / "eval.json").read_text())["heads"]
+    pick = next(h for h in range(3) if heads[h]["selected"])
+    return out, r, heads, pick
+
+
+def test_cli_marks_the_lowest_loss_head_in_eval_json_table_and_metrics(candidates_run):
+    out, r, heads, pick = candidates_run
     losses = [h["selection_loss"] for h in heads]
     assert [h["selected"] for h in heads] == select_heads([5, 5, 5, 8], losses)
-    pick = [h for h in range(3) if heads[h]["selected"]][0]
-    assert f"5 classes: head {pick}" in r.stderr and SELECTED_NOTE in r.stdout + r.stderr
+    assert f"5 classes: head {pick}" in r.stderr and SELECTED_NOTE in r.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     (record,) = [r["head_selection"] for r in records if "head_selection" in r]
     assert record["selected"] == [h["selected"] for h in heads]
+    assert load_checkpoint(out / "checkpoint.pt")["state"]["selection_loss"] == losses
+
+
+def test_evaluate_report_and_load_use_the_selected_head(candidates_run, tmp_path):
+    out, _, heads, pick = candidates_run
+    r = run_cli("evaluate", out / "checkpoint.pt", "--json", tmp_path / "e.json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    scored = json.loads((tmp_path / "e.json").read_text())["heads"]
+    assert [h["selected"] for h in scored] == [h["selected"] for h in heads]
+    assert [h["acc"] for h in scored] == pytest.approx([h["acc"] for h in heads])
+    assert SELECTED_NOTE in r.stdout
+
+    model = selfclassifier.load(out / "checkpoint.pt")
+    assert model.default_head == pick
+    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    classes, _ = model.predict(images)
+    assert torch.equal(classes, model.predict(images, head=pick)[0])
+
+    r = run_cli("report", out / "checkpoint.pt", "--out", tmp_path / "rep", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert f"head {pick} (5 classes)" in (tmp_path / "rep" / "index.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "entry", [None, "oops", [1.0, 2.0], [1.0, 2.0, float("nan"), 1.0], [1, 2, "3", 4]]
+)
+def test_missing_or_malformed_selection_entries_mean_no_selection(entry):
+    ckpt = {"state": {"epoch": 1} if entry is None else {"selection_loss": entry}}
+    assert selection_losses_of(ckpt, 4) == []
+    assert selection_losses_of({"state": {"selection_loss": [1, 2.5, 0.5, 3]}}, 4) == [
+        1.0, 2.5, 0.5, 3.0,
+    ]  # fmt: skip
+
+
+def test_more_training_clears_the_selection_until_it_ends(tmp_path):
+    trainer = _tiny(tmp_path, "model.heads=[4,4,6]")
+    trainer.fit()
+    assert len(load_checkpoint(tmp_path / "run" / "checkpoint.pt")["state"]["selection_loss"]) == 3
+    trainer.state.selection_loss = [1.0, 2.0, 3.0]
+    trainer._end_epoch(1, 0.0)  # what a resumed run does after each further epoch
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["state"]["selection_loss"] == []
 
 
 def test_table_marks_selected_heads_only_when_scored():
