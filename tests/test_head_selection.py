@@ -160,3 +160,9 @@ def test_table_marks_selected_heads_only_when_scored():
     assert lines[0].split()[-1] == "selection_loss"
     assert lines[1].split()[0] == "0" and lines[2].split()[0] == "1*"
     assert lines[2].split()[-1] == "1.0000" and lines[-1] == SELECTED_NOTE
+
+
+def test_frozen_backbone_runs_score_their_candidate_heads_too(tmp_path):
+    trainer = _tiny(tmp_path, "model.heads=[4,4]", "model.freeze_backbone=true")
+    losses = trainer.selection_losses()  # views drawn from the cached backbone features
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses)
