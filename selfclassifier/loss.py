@@ -102,7 +102,12 @@ def self_classifier_loss(
     >>> loss.shape, bool(loss > 0)
     (torch.Size([]), True)
     """
-    return head_losses(logits, row_tau, col_tau, eps, num_global).mean()
+    terms = _pair_terms(logits, row_tau, col_tau, eps, num_global)
+    total = terms[0][0].new_zeros(())
+    for head in terms:  # one running sum, in the order earlier releases used: same rounding
+        for term in head:
+            total = total - term
+    return total / (len(terms[0]) * len(terms))
 
 
 def head_losses(
@@ -114,21 +119,27 @@ def head_losses(
 ) -> torch.Tensor:
     """Each head's Self-Classifier loss, shape (H,): :func:`self_classifier_loss` is their
     mean. Arguments as there."""
+    terms = _pair_terms(logits, row_tau, col_tau, eps, num_global)
+    return -torch.stack([torch.stack(head).sum() for head in terms]) / len(terms[0])
+
+
+def _pair_terms(
+    logits: Logits, row_tau: float, col_tau: float, eps: float, num_global: int
+) -> list[list[torch.Tensor]]:
+    """``terms[h][p]``: head h's mean over this rank's samples of sum_y target_i * log pred_j
+    for the p-th view pair (i, j) of :func:`view_pairs`; float32, outside autocast."""
     if len(logits) == 0 or len(logits[0]) < 2:
         raise ValueError("self_classifier_loss needs at least one head and two views")
     with torch.autocast(device_type=logits[0][0].device.type, enabled=False):
         logits = [[v.float() for v in head] for head in logits]
         global_logits, rows = _gather_views(logits)
         pairs = view_pairs(len(logits[0]), num_global)
-        per_head = []
+        terms = []
         for views in global_logits:
             targets = [dist.local_rows(_targets(s, col_tau), rows) for s in views]
             log_preds = [dist.local_rows(_log_predictions(s, row_tau, eps), rows) for s in views]
-            total = views[0].new_zeros(())
-            for i, j in pairs:
-                total = total - (targets[i] * log_preds[j]).sum(dim=1).mean()
-            per_head.append(total / len(pairs))
-        return torch.stack(per_head)
+            terms.append([(targets[i] * log_preds[j]).sum(dim=1).mean() for i, j in pairs])
+        return terms
 
 
 class SelfClassifierLoss(nn.Module):
