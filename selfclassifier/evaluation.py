@@ -51,7 +51,7 @@ from selfclassifier.evaluate import (
     relabel,
 )
 from selfclassifier.inference import Outputs, eval_loader, run_model
-from selfclassifier.metrics import default_head, format_table, head_metrics, select_heads
+from selfclassifier.metrics import default_head, format_table, head_metrics, mark_selection
 from selfclassifier.model import SelfClassifier
 
 __all__ = [
@@ -124,9 +124,7 @@ class LoadedRun:
     def mark_selection(self, heads: list[dict]) -> list[dict]:
         """Add ``selection_loss`` / ``selected`` to per-head score dicts, when scored."""
         if self.selection_loss:
-            selected = select_heads(self.model.num_classes, self.selection_loss)
-            for head, loss, pick in zip(heads, self.selection_loss, selected, strict=True):
-                head["selection_loss"], head["selected"] = loss, pick
+            mark_selection(heads, self.model.num_classes, self.selection_loss)
         return heads
 
     @property

@@ -178,6 +178,13 @@ def select_heads(classes: list[int], losses: list[float]) -> list[bool]:
     return [best[c] == h for h, c in enumerate(classes)]
 
 
+def mark_selection(heads: list[dict], classes: list[int], losses: list[float]) -> list[dict]:
+    """Add ``selection_loss`` and ``selected`` (:func:`select_heads`) to per-head score dicts."""
+    for head, loss, pick in zip(heads, losses, select_heads(classes, losses), strict=True):
+        head["selection_loss"], head["selected"] = loss, pick
+    return heads
+
+
 def default_head(classes: list[int], losses: list[float] | None) -> int:
     """The head tools use when none is named: the first head or, when candidate heads of its
     size were scored, the selected (lowest-loss) one among them.

@@ -70,7 +70,7 @@ from selfclassifier.evaluation import (
 )
 from selfclassifier.inference import Outputs, dataset_channels, eval_loader, run_model
 from selfclassifier.loss import SelfClassifierLoss, head_losses
-from selfclassifier.metrics import format_table, select_heads
+from selfclassifier.metrics import format_table, mark_selection, select_heads
 from selfclassifier.optim import build_optimizer, cosine_lr, set_lr
 from selfclassifier.pretrained import load_backbone_weights
 from selfclassifier.queue import NNQueue
@@ -1306,8 +1306,7 @@ class Trainer:
         result = {"heads": self.evaluate()} if self.main else {}
         if self.main and result["heads"] is not None:
             if losses is not None:
-                for head, loss, pick in zip(result["heads"], losses, selected, strict=True):
-                    head["selection_loss"], head["selected"] = loss, pick
+                mark_selection(result["heads"], self.model.num_classes, losses)
             data = self.cfg.data
             result["data"] = {"path": data.path, "split": data.split, "samples": len(self.dataset)}
             write_text_atomic(self.out / "eval.json", json.dumps(result, indent=2))
