@@ -203,7 +203,7 @@ SELECTED_NOTE = "* lowest loss among the heads with as many classes (chosen with
 
 def format_table(heads: list[dict]) -> str:
     """Per-head scores (as from :func:`head_metrics`) as a fixed-width text table; heads with
-    a ``selection_loss`` get a ``loss`` column and a ``*`` on the selected ones."""
+    a ``selection_loss`` get a ``selection_loss`` column and a ``*`` on the selected ones."""
     cols = ["classes", "nmi", "ami", "ari", "acc", "acc_many_to_one"]
     if any("selection_loss" in h for h in heads):
         cols.append("selection_loss")
