@@ -3,7 +3,7 @@ representations from unlabelled images in one end-to-end stage.
 
 >>> import selfclassifier
 >>> sorted(n for n in selfclassifier.__all__ if n[0].islower())[:3]
-['build_backbone', 'load', 'load_config']
+['build_backbone', 'build_optimizer', 'load']
 """
 
 from selfclassifier.api import Predictor, load
@@ -12,6 +12,7 @@ from selfclassifier.checkpoint import model_from_checkpoint
 from selfclassifier.config import Config, load_config
 from selfclassifier.loss import SelfClassifierLoss, self_classifier_loss
 from selfclassifier.model import SelfClassifier
+from selfclassifier.optim import build_optimizer, lr_schedule
 
 __version__ = "0.1.0"
 
@@ -22,8 +23,10 @@ __all__ = [
     "SelfClassifier",
     "SelfClassifierLoss",
     "build_backbone",
+    "build_optimizer",
     "load",
     "load_config",
+    "lr_schedule",
     "model_from_checkpoint",
     "self_classifier_loss",
 ]

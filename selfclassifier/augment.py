@@ -97,6 +97,12 @@ class _Noise(torch.nn.Module):
         return (x + self.std * torch.randn_like(x)).clamp(0, 1)
 
 
+_TV_INTERPOLATION = {
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "bilinear": v2.InterpolationMode.BILINEAR,
+}
+
+
 class ClassicMultiCrop:
     """Per-sample multi-crop: image (PIL or uint8 C,H,W tensor) -> list of float views."""
 
@@ -117,7 +123,11 @@ class ClassicMultiCrop:
         ops = [
             v2.ToImage(),
             v2.RandomResizedCrop(
-                spec.size, scale=spec.scale, ratio=tuple(cfg.ratio), antialias=True
+                spec.size,
+                scale=spec.scale,
+                ratio=tuple(cfg.ratio),
+                interpolation=_TV_INTERPOLATION[cfg.interpolation],
+                antialias=True,
             ),
         ]
         if cfg.rotation > 0:
@@ -201,6 +211,7 @@ class MultiCropCutter:
 
     def __init__(self, cfg: AugmentConfig, channels: int):
         self.specs, self.ratio, self.channels = view_specs(cfg), tuple(cfg.ratio), channels
+        self.mode = cfg.interpolation
 
     def plan(self, size: tuple[int, int], rng: random.Random) -> list[Box]:
         width, height = size
@@ -218,8 +229,9 @@ class MultiCropCutter:
     def cut(self, image: Image.Image, boxes: Sequence[Box], factor: int = 1) -> list[torch.Tensor]:
         """uint8 (s, s, C) crop per view of ``image``, decoded at 1/``factor`` resolution.
 
-        Resizing uses torch's uint8 antialiased bilinear kernel, the one the classic path's
-        torchvision ``RandomResizedCrop`` runs, on a channels-last view (its fast layout).
+        Resizing uses torch's uint8 antialiased kernel (bicubic or bilinear, as
+        ``augment.interpolation``), the one the classic path's torchvision
+        ``RandomResizedCrop`` runs, on a channels-last view (its fast layout).
         """
         arr = np.array(image)  # a writable copy: torch refuses to wrap read-only buffers
         height, width = arr.shape[:2]
@@ -232,7 +244,7 @@ class MultiCropCutter:
             x1 = min(max(x0 + 1, round((left + w) / factor)), width)
             y1 = min(max(y0 + 1, round((top + h) / factor)), height)
             crop = F.interpolate(
-                x[..., y0:y1, x0:x1], size=(spec.size, spec.size), mode="bilinear", antialias=True
+                x[..., y0:y1, x0:x1], size=(spec.size, spec.size), mode=self.mode, antialias=True
             )
             views.append(crop[0].permute(1, 2, 0))
         return views
@@ -643,13 +655,15 @@ class BatchedMultiCrop:
             1,
         )
         grid = F.affine_grid(theta, [n, x.shape[1], spec.size, spec.size], align_corners=False)
-        # Downscaling by more than 2x aliases with bilinear sampling; pre-shrink with area
+        # Downscaling by more than 2x aliases with point sampling; pre-shrink with area
         # averaging so the crop sees roughly the pixel density it needs. The smallest crop
         # the recipe allows (known on the host) sets the shrink: nothing is read back from the
         # device, and every process of a split batch shrinks alike.
         smallest = math.sqrt(spec.scale[0] * min(self.cfg.ratio[0], 1 / self.cfg.ratio[1]))
         shrink = int(min(x.shape[-2], x.shape[-1]) * smallest // (2 * spec.size))
         src = F.avg_pool2d(x, shrink, ceil_mode=True) if shrink >= 2 else x
-        return F.grid_sample(
-            src, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        out = F.grid_sample(
+            src, grid, mode=self.cfg.interpolation, padding_mode="reflection", align_corners=False
         )
+        # bicubic overshoots at edges; the image's own range is [0, 1]
+        return out.clamp_(0.0, 1.0) if self.cfg.interpolation == "bicubic" else out

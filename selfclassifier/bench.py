@@ -212,7 +212,7 @@ def _time_steps(trainer: Trainer, steps: int, warmup: int, synthetic: bool) -> d
     stream = _repeat_epochs(trainer.source)
     cuda = dev.type == "cuda"
     for _ in range(warmup):
-        trainer.train_step(next(stream), trainer.lr, epoch=0)
+        trainer.train_step(next(stream), max(trainer.lrs), epoch=0)
     _sync(dev)
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
@@ -228,7 +228,7 @@ def _time_steps(trainer: Trainer, steps: int, warmup: int, synthetic: bool) -> d
                 t0 = time.perf_counter()
                 views = next(stream)
                 wait += time.perf_counter() - t0
-                trainer.train_step(views, trainer.lr, epoch=0)
+                trainer.train_step(views, max(trainer.lrs), epoch=0)
                 if cuda:
                     marks.append(torch.cuda.Event(enable_timing=True))
                     marks[-1].record()

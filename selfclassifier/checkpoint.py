@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from selfclassifier.backbones import build_backbone
-from selfclassifier.config import Config, ConfigError, from_dict
+from selfclassifier.config import LEGACY_VALUES, Config, ConfigError, from_dict
 from selfclassifier.model import SelfClassifier
 
 FORMAT = "selfclassifier/1"
@@ -238,8 +238,11 @@ RESUME_KEYS = (
     ("model", "batch_norm"),
     ("model", "activation"),
     ("model", "freeze_heads"),
+    ("model", "head_norm"),
+    ("model", "head_scale"),
     ("optim", "optimizer"),
     ("optim", "exclude_norm_bias"),
+    ("optim", "no_bias_wd"),
     ("train", "queue_size"),
 )
 
@@ -254,7 +257,9 @@ def check_compatible(ckpt: dict, cfg: Config, source: str) -> None:
         raise CheckpointError(f"checkpoint '{source}' holds no config; it cannot be resumed")
     now = cfg.to_dict()
     for section, key in RESUME_KEYS:
-        old = (saved.get(section) or {}).get(key, now[section][key])
+        # A key the checkpoint predates means what it meant then (config.LEGACY_VALUES).
+        default = LEGACY_VALUES.get((section, key), now[section][key])
+        old = (saved.get(section) or {}).get(key, default)
         if old != now[section][key]:
             raise CheckpointError(
                 f"checkpoint '{source}' was trained with {section}.{key}={old!r} but this run "
@@ -274,7 +279,9 @@ def build_model(cfg: Config, channels: int, image_size: int) -> SelfClassifier:
         batch_norm=m.batch_norm,
         activation=m.activation,
         freeze_heads=m.freeze_heads,
-        head_scale=m.head_scale,
+        head_norm="buffer" if m.head_scale else m.head_norm,
+        joint_projection=m.joint_projection,
+        mlp_init=m.mlp_init,
     )
 
 

@@ -19,7 +19,13 @@ import sys
 import warnings
 
 from selfclassifier import cli_interop
-from selfclassifier.config import ConfigError, list_presets, load_config, parse_set
+from selfclassifier.config import (
+    ConfigError,
+    heads_for_classes,
+    list_presets,
+    load_config,
+    parse_set,
+)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -52,6 +58,14 @@ def _train_parser(sub) -> None:
     p.add_argument("--split", choices=["train", "test", "all"], help="data split to train on")
     p.add_argument("--out", help="output directory (default: runs/<preset name>)")
     p.add_argument("--epochs", type=int)
+    p.add_argument(
+        "--classes",
+        type=int,
+        metavar="K",
+        help="about how many classes to find: sets model.heads to 6 candidate heads of K "
+        "classes (the lowest-loss one is selected after training, without labels) plus "
+        "over-clustering heads of 2K and 4K",
+    )
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--lr", type=float, help="learning rate per 256 images (scaled linearly)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
@@ -67,6 +81,13 @@ def _train_parser(sub) -> None:
         help="fail before training if any image is unreadable",
     )
     p.add_argument("--skip-nonfinite", action="store_true", default=None)
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also write the metrics as TensorBoard curves to OUT/tensorboard (needs "
+        "pip install 'selfclassifier[tensorboard]')",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
@@ -113,6 +134,7 @@ def _cli_overrides(args) -> dict:
         ("train", "checkpoint_every_steps"): args.checkpoint_every_steps,
         ("train", "deterministic"): args.deterministic,
         ("train", "skip_nonfinite"): args.skip_nonfinite,
+        ("train", "tensorboard"): args.tensorboard,
         ("model", "init_backbone"): args.init_backbone,
         ("model", "freeze_backbone"): args.freeze_backbone,
     }
@@ -120,7 +142,12 @@ def _cli_overrides(args) -> dict:
     for (section, key), value in flags.items():
         if value is not None:
             out.setdefault(section, {})[key] = value
-    for section, values in parse_set(args.set).items():
+    assignments = parse_set(args.set)
+    if args.classes is not None:
+        if "heads" in assignments.get("model", {}):
+            raise CLIError("--classes K sets model.heads; give --classes or --set model.heads")
+        out.setdefault("model", {})["heads"] = heads_for_classes(args.classes)
+    for section, values in assignments.items():
         out.setdefault(section, {}).update(values)
     return out
 
@@ -205,6 +232,28 @@ def _evaluate_parser(sub) -> None:
         metavar="MAPPING",
         help="file of 'fine_label_name<TAB>superclass_name' lines: score heads on superclasses",
     )
+    p.add_argument(
+        "--protocol",
+        choices=["ours", "authors", "both"],
+        default="ours",
+        help="whose recipe the protocols follow: ours (fast, the default), the authors' "
+        "(elad-amrani/self-classifier's *_eval.py: kNN at T=0.1 for k=10/20/100/200, a "
+        "100-epoch SGD+LARC linear probe on augmented crops, k-means fit on the memory, heads "
+        "and superclasses matched at the fine level; written as *_authors), or both. Every "
+        "record in --json names its protocol",
+    )
+    p.add_argument(
+        "--linear-epochs",
+        type=_positive_int,
+        default=100,
+        help="epochs of the authors' linear probe (theirs: 100); ours needs none",
+    )
+    p.add_argument(
+        "--linear-batch-size",
+        type=_positive_int,
+        default=4096,
+        help="batch of the authors' linear probe (theirs: 1024 per node on 4 nodes = 4096)",
+    )
     _inference_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -243,6 +292,9 @@ def cmd_evaluate(args) -> int:
         k=args.k,
         batch_size=args.batch_size,
         workers=args.workers,
+        protocol=args.protocol,
+        linear_epochs=args.linear_epochs,
+        linear_batch_size=args.linear_batch_size,
     )
     result = evaluate_run(run, opts, log=lambda msg: print(msg, file=sys.stderr))
     print(format_results(result))
@@ -322,6 +374,15 @@ def _report_parser(sub) -> None:
     )
     p.add_argument("--per-class", type=_positive_int, default=16, help="images per class")
     p.add_argument("--max-classes", type=_positive_int, help="sections for this many classes")
+    p.add_argument(
+        "--map-points",
+        type=int,
+        default=3000,
+        metavar="N",
+        help="images on the embedding map, DIR/map.png (t-SNE, or UMAP when umap-learn is "
+        "installed; a random subset when there are more; 0: no map)",
+    )
+    p.add_argument("--map-seed", type=int, default=0, help="seed of the map's subset and layout")
     _inference_flags(p)
     p.set_defaults(func=cmd_report)
 
@@ -344,6 +405,8 @@ def cmd_report(args) -> int:
         max_classes=args.max_classes,
         batch_size=args.batch_size,
         workers=args.workers,
+        map_points=max(args.map_points, 0),
+        map_seed=args.map_seed,
     )
     print(f"wrote {index}")
     return 0

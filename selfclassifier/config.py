@@ -65,11 +65,30 @@ class ModelConfig:
     mlp_layers: int = _f(2, "Linear layers in the projection MLP (>= 1).")
     batch_norm: bool = _f(True, "BatchNorm in the projection MLP (the paper's choice).")
     activation: str = _f("leaky_relu", "leaky_relu (paper) | relu | gelu.")
-    freeze_heads: bool = _f(False, "Keep the randomly initialised heads fixed.")
+    freeze_heads: bool = _f(
+        False, "Keep the randomly initialised heads fixed (the authors' --fixed-cls ablation)."
+    )
+    head_norm: str = _f(
+        "learnt",
+        "learnt: each head is weight_norm(Linear(bias=False)) whose per-class norm g starts at 1 "
+        "and is trained like every parameter (the authors' code). fixed: g stays 1, so logits "
+        "are plain cosines (this package's earlier default).",
+    )
     head_scale: bool = _f(
         False,
-        "Fixed per-class scale on the heads' logits (weight_g of weight-normalisation); set by "
-        "'selfclassifier convert' for official checkpoints whose g was learnt. The paper: g = 1.",
+        "Legacy: a fixed per-class scale buffer on the logits, as 'selfclassifier convert' "
+        "wrote before head_norm existed. New conversions store g as the learnt head norm.",
+    )
+    joint_projection: bool = _f(
+        True,
+        "Run the projection MLP once over all views concatenated, so its BatchNorm pools global "
+        "and local crops (the authors' code). false: one MLP call per crop resolution (this "
+        "package's earlier behaviour). The backbone always runs once per resolution.",
+    )
+    mlp_init: str = _f(
+        "trunc_normal",
+        "Initialisation of the projection's Linear layers: trunc_normal (std 0.02, bias 0: the "
+        "authors' code) | torch (PyTorch's default).",
     )
     init_backbone: str | None = _f(
         None,
@@ -109,6 +128,10 @@ class AugmentConfig:
     local_size: int = _f(96, "Side of local crops in pixels.")
     local_scale: list[float] = _f([0.05, 0.4], "Area range of local crops, fraction of image.")
     ratio: list[float] = _f([0.75, 1.3333333], "Aspect-ratio range of all crops.")
+    interpolation: str = _f(
+        "bicubic",
+        "Resampling of random-resized crops: bicubic (the authors' PIL BICUBIC) | bilinear.",
+    )
     hflip: float = _f(0.5, "Horizontal flip probability (0 for digits and text).")
     rotation: float = _f(0.0, "Max rotation in degrees (small grayscale recipe).")
     jitter: float = _f(0.8, "Probability of colour jitter.")
@@ -118,9 +141,9 @@ class AugmentConfig:
     hue: float = _f(0.1, "Colour jitter hue strength (RGB only).")
     grayscale: float = _f(0.2, "Probability of converting to grayscale (RGB only).")
     blur: list[float] = _f(
-        [1.0, 0.1, 0.5],
-        "Gaussian blur probability for global crop 1, "
-        "global crop 2 (and further), local crops (DINO's asymmetric recipe).",
+        [0.1, 1.0, 0.5],
+        "Gaussian blur probability for global crop 1 (the view the NN queue stores), global "
+        "crop 2 (and further), local crops (the authors' order: 0.1, 1.0, 0.5).",
     )
     blur_sigma: list[float] = _f([0.1, 2.0], "Range of the blur's sigma, in pixels of the crop.")
     solarize: list[float] = _f([0.0, 0.2, 0.0], "Solarisation probability, same layout as blur.")
@@ -140,13 +163,34 @@ class AugmentConfig:
 class OptimConfig:
     optimizer: str = _f("sgd", "sgd | adamw | lars (the paper: LARS on SGD).")
     lr: float = _f(
-        0.3, "Learning rate for a global batch of 256; scaled linearly: lr * batch_size / 256."
+        0.3,
+        "Peak learning rate. With scale_lr it is per 256 images and multiplied by "
+        "batch_size / 256 (0.3 -> 4.8 at batch 4096); without, it is used as given.",
     )
-    min_lr: float = _f(0.0, "LR at the end of the cosine schedule (unscaled).")
-    weight_decay: float = _f(1e-6, "Weight decay; paper: 1e-6.")
+    scale_lr: bool = _f(
+        True,
+        "Scale lr, warmup_start_lr and min_lr linearly with the global batch (lr * batch / 256). "
+        "The authors' scripts give absolute values: set false to use theirs as written.",
+    )
+    warmup_start_lr: float = _f(
+        0.0,
+        "LR of the first step; warm-up rises linearly (end point included) to lr. The authors' "
+        "800-epoch script: 0.2 for lr 3.2.",
+    )
+    min_lr: float = _f(0.0, "LR at the end of the cosine schedule (authors: lr / 1000).")
+    weight_decay: float = _f(1e-6, "Weight decay on every parameter; paper: 1e-6.")
     momentum: float = _f(0.9, "Momentum for sgd and lars.")
     warmup_epochs: float = _f(10.0, "Linear warmup length in epochs (fractional allowed).")
-    exclude_norm_bias: bool = _f(True, "No weight decay / LARS scaling on biases and norms.")
+    no_bias_wd: bool = _f(
+        False,
+        "No weight decay on biases and norm layers; LARS still adapts them (the authors' "
+        "--no-bias-wd, off in their scripts).",
+    )
+    exclude_norm_bias: bool = _f(
+        False,
+        "Biases and norm layers get neither weight decay nor LARS scaling (plain SGD steps): "
+        "this package's earlier default, common in SSL recipes. The authors: false.",
+    )
     clip_grad: float = _f(0.0, "Clip the gradient norm to this value (0 disables).")
 
 
@@ -158,6 +202,12 @@ class TrainConfig:
     device: str = _f("auto", "auto (cuda if available) | cpu | cuda | cuda:N.")
     precision: str = _f(
         "auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with GradScaler)."
+    )
+    head_precision: str = _f(
+        "fp32",
+        "fp32: heads and loss always in float32, whatever the backbone's autocast (the column "
+        "softmax at tau 0.05 is sensitive to bf16 logits). autocast: heads follow the "
+        "backbone's precision (this package's earlier behaviour).",
     )
     queue_size: int = _f(
         0,
@@ -195,6 +245,13 @@ class TrainConfig:
     deterministic: bool = _f(False, "Deterministic algorithms (bitwise-reproducible on CPU).")
     skip_nonfinite: bool = _f(False, "Skip steps with a non-finite loss instead of stopping.")
     log_every: int = _f(10, "Progress-bar / log update interval in steps.")
+    tensorboard: bool = _f(
+        False,
+        "Also write metrics.jsonl's records as TensorBoard scalars to OUT/tensorboard/ (rank 0; "
+        "a resumed run continues the curves); watch them with `tensorboard --logdir "
+        "OUT/tensorboard`. Add eval_every for NMI/ACC/kNN curves. Needs `pip install "
+        "'selfclassifier[tensorboard]'`.",
+    )
 
 
 @dataclass
@@ -286,6 +343,24 @@ def parse_set(assignments: list[str]) -> dict:
     return out
 
 
+CANDIDATE_HEADS = 6  # what the digits preset measured (docs/RESULTS.md): six 10-class heads
+
+
+def heads_for_classes(k: int, candidates: int = CANDIDATE_HEADS) -> list[int]:
+    """``model.heads`` for about ``k`` classes (``train --classes K``): ``candidates`` heads of
+    k classes, among which training selects the lowest-loss one without labels
+    (``train.selection_passes``), plus over-clustering heads of 2k and 4k classes.
+
+    >>> heads_for_classes(10)
+    [10, 10, 10, 10, 10, 10, 20, 40]
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ConfigError(f"--classes K: a head needs at least 2 classes, got {k!r}")
+    if candidates < 1:
+        raise ConfigError(f"heads_for_classes: candidates must be >= 1, got {candidates}")
+    return [k] * candidates + [2 * k, 4 * k]
+
+
 def preset_path(name_or_file: str) -> Path:
     path = Path(name_or_file)
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -323,8 +398,28 @@ def load_config(preset: str | None = "digits", overrides: dict | None = None) ->
     return cfg
 
 
+# Keys added when the defaults moved to the authors' behaviour (docs/FIDELITY.md), with the
+# value that reproduces what a config written before them meant.
+LEGACY_VALUES = {
+    ("model", "head_norm"): "fixed",
+    ("model", "joint_projection"): False,
+    ("model", "mlp_init"): "torch",
+    ("augment", "interpolation"): "bilinear",
+    ("train", "head_precision"): "autocast",
+}
+
+
 def from_dict(data: dict) -> Config:
-    """Rebuild a Config from ``to_dict()`` output (e.g. stored in a checkpoint)."""
+    """Rebuild a Config from ``to_dict()`` output (e.g. stored in a checkpoint).
+
+    A config written before a key existed gets the value that keeps its old meaning
+    (:data:`LEGACY_VALUES`), so older checkpoints load and resume as they were trained.
+    """
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        for (section, key), value in LEGACY_VALUES.items():
+            if isinstance(data.get(section), dict):
+                data[section].setdefault(key, value)
     return apply_overrides(Config(), data)
 
 
@@ -352,6 +447,23 @@ def validate(cfg: Config) -> None:
         m.activation in ("leaky_relu", "relu", "gelu"),
         f"model.activation must be leaky_relu, relu or gelu, got '{m.activation}'",
     )
+    _check(
+        m.head_norm in ("learnt", "fixed"),
+        f"model.head_norm must be learnt or fixed, got '{m.head_norm}'",
+    )
+    _check(
+        not (m.head_scale and m.head_norm == "learnt"),
+        "model.head_scale (a legacy fixed scale buffer) needs model.head_norm=fixed; "
+        "for a trained norm use model.head_norm=learnt alone",
+    )
+    _check(
+        m.mlp_init in ("trunc_normal", "torch"),
+        f"model.mlp_init must be trunc_normal or torch, got '{m.mlp_init}'",
+    )
+    _check(
+        t.head_precision in ("fp32", "autocast"),
+        f"train.head_precision must be fp32 or autocast, got '{t.head_precision}'",
+    )
     _check(lo.row_tau > 0, f"loss.row_tau must be > 0, got {lo.row_tau}")
     _check(lo.col_tau > 0, f"loss.col_tau must be > 0, got {lo.col_tau}")
     _check(lo.eps >= 0, f"loss.eps must be >= 0, got {lo.eps}")
@@ -362,6 +474,10 @@ def validate(cfg: Config) -> None:
     _check(
         a.compute_dtype in ("auto", "bfloat16", "float32"),
         f"augment.compute_dtype must be auto, bfloat16 or float32, got '{a.compute_dtype}'",
+    )
+    _check(
+        a.interpolation in ("bicubic", "bilinear"),
+        f"augment.interpolation must be bicubic or bilinear, got '{a.interpolation}'",
     )
     _check(a.global_crops >= 2, f"augment.global_crops must be >= 2, got {a.global_crops}")
     _check(a.local_crops >= 0, f"augment.local_crops must be >= 0, got {a.local_crops}")
@@ -421,6 +537,7 @@ def validate(cfg: Config) -> None:
         "data.path is empty; pass --data digits, fashion_mnist, an IDX folder or an image folder",
     )
     _check(o.min_lr >= 0, f"optim.min_lr must be >= 0, got {o.min_lr}")
+    _check(o.warmup_start_lr >= 0, f"optim.warmup_start_lr must be >= 0, got {o.warmup_start_lr}")
     _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
     _check(o.clip_grad >= 0, f"optim.clip_grad must be >= 0 (0 disables), got {o.clip_grad}")
     for key in ("checkpoint_every_steps", "eval_every", "queue_start_epoch", "selection_passes"):

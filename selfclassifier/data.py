@@ -927,6 +927,17 @@ def _fixed_split(split: str, spec: str) -> str:
     return split
 
 
+def dataset_targets(ds) -> torch.Tensor:
+    """Every sample's label as a (len(ds),) int64 tensor, -1 where unknown; looks through
+    ``torch.utils.data.Subset``."""
+    if isinstance(ds, torch.utils.data.Subset):
+        return dataset_targets(ds.dataset)[torch.as_tensor(list(ds.indices), dtype=torch.long)]
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        return torch.full((len(ds),), -1, dtype=torch.long)
+    return torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+
+
 def is_labelled(ds) -> bool:
     """True when any target is known (>= 0); looks through ``torch.utils.data.Subset``."""
     if isinstance(ds, torch.utils.data.Subset):

@@ -149,12 +149,18 @@ def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks, without gradient (identity with one process)."""
     if world_size() == 1:
         return x
     x = x.clone()
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x / world_size()
+    return x
+
+
+@torch.no_grad()
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(x) / world_size()
 
 
 def any_rank(*flags: bool, device: torch.device | str = "cpu") -> tuple[bool, ...]:

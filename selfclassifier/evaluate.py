@@ -318,7 +318,7 @@ def kmeans_metrics(feats: Any, labels: Any, k: int, seed: int = 0, n_init: int =
 
 
 def load_superclass_mapping(
-    path: str | Path, class_names: list[str]
+    path: str | Path, class_names: list[str], allow_missing: bool = False
 ) -> tuple[np.ndarray, list[str]]:
     """Read a fine-class -> superclass mapping, e.g. ImageNet classes -> BREEDS groups.
 
@@ -328,6 +328,8 @@ def load_superclass_mapping(
     Args:
         path: the mapping file.
         class_names: fine class names in label order (label i is ``class_names[i]``).
+        allow_missing: classes the file does not list get superclass -1 (not scored), as
+            the BREEDS subsets cover part of ImageNet; otherwise every class must be listed.
 
     Returns:
         ``(fine_to_super, super_names)``: int64 array of shape (len(class_names),)
@@ -335,8 +337,8 @@ def load_superclass_mapping(
         that those ids index.
 
     Raises:
-        ValueError: malformed line, unknown fine name, conflicting duplicate, or a
-            class of ``class_names`` with no superclass.
+        ValueError: malformed line, unknown fine name, conflicting duplicate, a class of
+            ``class_names`` with no superclass (unless ``allow_missing``), or no class with one.
 
     >>> import tempfile, os
     >>> with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as f:
@@ -348,12 +350,17 @@ def load_superclass_mapping(
     """
     mapping = _parse_mapping(Path(path), set(class_names))
     missing = [name for name in class_names if name not in mapping]
-    if missing:
+    if missing and not allow_missing:
         shown = ", ".join(repr(n) for n in missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise ValueError(f"{path}: {len(missing)} class(es) have no superclass: {shown}")
+    if not mapping:
+        raise ValueError(f"{path}: no class of the data has a superclass")
     super_names = sorted(set(mapping.values()))
     super_id = {name: i for i, name in enumerate(super_names)}
-    fine_to_super = np.array([super_id[mapping[name]] for name in class_names], dtype=np.int64)
+    fine_to_super = np.array(
+        [super_id[mapping[name]] if name in mapping else -1 for name in class_names],
+        dtype=np.int64,
+    )
     return fine_to_super, super_names
 
 
@@ -382,7 +389,8 @@ def _parse_mapping(path: Path, known: set[str]) -> dict[str, str]:
 
 
 def relabel(labels: Any, fine_to_super: Any) -> np.ndarray:
-    """Map fine labels to superclass labels; unknown labels (< 0) become -1.
+    """Map fine labels to superclass labels; unknown labels (< 0) and labels of fine classes
+    without a superclass (-1 in ``fine_to_super``) become -1.
 
     Args:
         labels: (N,) int fine labels. fine_to_super: (C,) int, from

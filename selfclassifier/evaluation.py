@@ -18,6 +18,14 @@ probe need a labelled memory / training side and queries; they are, in order of 
 
 Labels of the memory are the only labels these protocols learn from; the network never saw
 any label, whichever images it was trained on.
+
+Two sets of protocols (``--protocol ours|authors|both``): ours (the default; fast, on cached
+features: :mod:`selfclassifier.evaluate`) and the authors' (their evaluation scripts, rewritten
+in :mod:`selfclassifier.evaluate_authors`), which write ``knn_authors``, ``linear_authors``,
+``kmeans_authors``, ``heads_authors`` and ``superclasses_authors``. Every record says which
+protocol produced it: ``"protocol": "ours"`` or ``"authors"`` (with ``"reference"``, the
+authors' file), and ``"heads_protocol"`` for the ``heads`` list. k-means of the authors needs
+the memory / queries above too: it is fit on the memory and scored on the queries.
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
+from selfclassifier import evaluate_authors as authors
 from selfclassifier.augment import normalization
 from selfclassifier.checkpoint import model_from_checkpoint, selection_losses_of
 from selfclassifier.config import AugmentConfig, Config, ConfigError
@@ -50,12 +59,19 @@ from selfclassifier.evaluate import (
     load_superclass_mapping,
     relabel,
 )
-from selfclassifier.inference import Outputs, eval_loader, run_model
-from selfclassifier.metrics import default_head, format_table, head_metrics, mark_selection
+from selfclassifier.inference import Outputs, _Transformed, eval_loader, run_model
+from selfclassifier.metrics import (
+    default_head,
+    format_table,
+    head_metrics,
+    label_free_scores,
+    mark_selection,
+)
 from selfclassifier.model import SelfClassifier
 
 __all__ = [
     "FEATURE_KINDS",
+    "PROTOCOLS",
     "EvalOptions",
     "LoadedRun",
     "PixelRun",
@@ -64,20 +80,27 @@ __all__ = [
     "extract",
     "format_results",
     "head_scores",
+    "head_scores_authors",
     "holdout_indices",
     "knn_record",
+    "knn_record_authors",
+    "linear_record_authors",
     "load_run",
     "probe_outputs",
     "probe_source",
+    "protocols_of",
     "resolve_device",
     "superclass_mapping",
     "superclass_scores",
+    "superclass_scores_authors",
     "write_run_report",
 ]
 
 FEATURE_KINDS = ("backbone", "embedding", "pixels")
 KNN_K = 20
 KNN_TEMPERATURE = 0.07  # DINO's and the paper's kNN protocol
+#: ``--protocol``: ours only, the authors' only (:mod:`selfclassifier.evaluate_authors`), or both
+PROTOCOLS = ("ours", "authors", "both")
 HOLDOUT_FRACTION = 0.25
 HOLDOUT_SEED = 0
 
@@ -367,9 +390,15 @@ def probe_outputs(
 
 
 def head_scores(out: Outputs, labels: torch.Tensor | None = None) -> list[dict]:
-    """:func:`head_metrics` of every head's argmax against ``labels`` (default: out.labels)."""
+    """:func:`head_metrics` of every head's argmax against ``labels`` (default: out.labels),
+    plus the label-free ``size_entropy`` and ``silhouette`` (:func:`label_free_scores`)."""
     labels = out.labels if labels is None else labels
-    return [head_metrics(labels.numpy(), p.argmax(1).numpy(), p.shape[1]) for p in out.probs]
+    classes = [p.shape[1] for p in out.probs]
+    preds = [p.argmax(1).numpy() for p in out.probs]
+    heads = [head_metrics(labels.numpy(), p, c) for p, c in zip(preds, classes, strict=True)]
+    for head, extra in zip(heads, label_free_scores(out.embeddings, preds, classes), strict=True):
+        head.update((k, v) for k, v in extra.items() if k not in head)  # labelled active_classes
+    return heads
 
 
 def knn_record(
@@ -380,9 +409,27 @@ def knn_record(
     k: int = KNN_K,
     temperature: float = KNN_TEMPERATURE,
 ) -> dict:
-    """``{"k", "temperature", "top1"}`` of weighted kNN on (N, D) features."""
+    """``{"k", "temperature", "top1", "protocol": "ours"}`` of weighted kNN on (N, D) features."""
     top1 = knn_top1(memory, memory_labels, queries, query_labels, k, temperature)
-    return {"k": k, "temperature": temperature, "top1": top1}
+    return {"k": k, "temperature": temperature, "top1": top1, "protocol": "ours"}
+
+
+def knn_record_authors(
+    memory: torch.Tensor,
+    memory_labels: torch.Tensor,
+    queries: torch.Tensor,
+    query_labels: torch.Tensor,
+    ks: tuple[int, ...] = authors.KNN_KS,
+) -> dict:
+    """The authors' kNN (:func:`knn_authors`): ``top1_by_k``, top-1 per k keyed by str(k)."""
+    by_k = _scored(authors.knn_authors, memory, memory_labels, queries, query_labels, ks)
+    return {
+        "protocol": "authors",
+        "reference": authors.REFERENCES["knn"],
+        "k": list(ks),
+        "temperature": authors.KNN_TEMPERATURE,
+        "top1_by_k": {str(k): top1 for k, top1 in by_k.items()},
+    }
 
 
 @dataclass
@@ -400,6 +447,11 @@ class EvalOptions:
     k: int = KNN_K
     batch_size: int = 256
     workers: int | None = None
+    #: one of PROTOCOLS
+    protocol: str = "ours"
+    #: the authors' linear probe only (ours is L-BFGS on cached features)
+    linear_epochs: int = authors.LINEAR["epochs"]
+    linear_batch_size: int = authors.LINEAR["batch_size"]
 
 
 def evaluate_run(
@@ -407,17 +459,26 @@ def evaluate_run(
 ) -> dict:
     """Every requested protocol on a loaded model; the JSON document ``evaluate`` writes.
 
-    Returns ``{"checkpoint", "data", "features", "heads": [...]}`` plus "knn", "linear",
-    "kmeans" and "superclasses" when asked for.
+    Returns ``{"checkpoint", "data", "features", "heads": [...], "heads_protocol"}`` plus,
+    when asked for, with ``opts.protocol`` ours: "knn", "linear", "kmeans", "superclasses";
+    authors: "heads_authors", "knn_authors", "linear_authors", "kmeans_authors",
+    "superclasses_authors"; both: all of them. Each record holds its ``"protocol"``.
     """
     if opts.features not in FEATURE_KINDS:
         raise ConfigError(f"--features {opts.features!r}: choose {', '.join(FEATURE_KINDS)}")
+    ours, theirs = protocols_of(opts.protocol)
+    if theirs and opts.linear and not isinstance(run, LoadedRun):
+        raise ConfigError(
+            "--protocol authors --linear: the authors' linear probe trains on image crops "
+            "through a model's backbone; give a CHECKPOINT"
+        )
     spec, split = data_spec(run.cfg, opts.data, opts.split)
     recorded = opts.data is None
     ds = open_data(spec, split, run.mode, recorded)
     require_labels(ds, spec, "data")
     if opts.superclasses is not None:  # a bad mapping fails before the model runs
-        fine_to_super, super_names = superclass_mapping(opts.superclasses, ds)
+        # The authors score the classes a mapping covers (BREEDS covers part of ImageNet).
+        fine_to_super, super_names = superclass_mapping(opts.superclasses, ds, theirs)
     workers = run.cfg.data.workers if opts.workers is None else opts.workers
     extract_ds = functools.partial(
         run.extract,
@@ -438,7 +499,12 @@ def evaluate_run(
     }
     if not result["heads"]:
         del result["heads"]  # no model
-    if opts.knn or opts.linear:
+    else:
+        result["heads_protocol"] = "ours"
+        if theirs:
+            result["heads_authors"] = head_scores_authors(out)
+    k = len(torch.unique(out.labels[out.labels >= 0]))  # k-means: as many clusters as labels
+    if opts.knn or opts.linear or (opts.kmeans and theirs):
         source = probe_source(spec, split, opts.train_data, run.mode, recorded)
         memory, queries = probe_outputs(source, out, extract_ds)
         where = {
@@ -447,24 +513,103 @@ def evaluate_run(
             "queries": source.queries_name,
             "query_samples": len(queries),
         }
-        if opts.knn:
+        if opts.knn and ours:
             record = knn_record(
                 feats(memory), memory.labels, feats(queries), queries.labels, opts.k
             )
             result["knn"] = {**record, **where}
-        if opts.linear:
+        if opts.knn and theirs:
+            record = knn_record_authors(
+                feats(memory), memory.labels, feats(queries), queries.labels
+            )
+            result["knn_authors"] = {**record, **where}
+        if opts.linear and ours:
             probe = _scored(
                 linear_probe, feats(memory), memory.labels, feats(queries), queries.labels
             )
-            result["linear"] = {**probe, **where}
-    if opts.kmeans:
-        k = len(torch.unique(out.labels[out.labels >= 0]))
-        result["kmeans"] = {"k": k, **_scored(kmeans_metrics, feats(out), out.labels, k)}
+            result["linear"] = {**probe, "protocol": "ours", **where}
+        if opts.linear and theirs:
+            record = linear_record_authors(run, opts, source, ds, out, memory, queries, log)
+            result["linear_authors"] = {**record, **where}
+        if opts.kmeans and theirs:
+            scores = _scored(
+                authors.kmeans_authors, feats(memory), feats(queries), queries.labels, k
+            )
+            result["kmeans_authors"] = {
+                "protocol": "authors",
+                "reference": authors.REFERENCES["kmeans"],
+                **scores,
+                **where,
+            }
+    if opts.kmeans and ours:
+        scores = _scored(kmeans_metrics, feats(out), out.labels, k)
+        result["kmeans"] = {"k": k, **scores, "protocol": "ours"}
     if opts.superclasses is not None:
-        result["superclasses"] = superclass_scores(
-            out, fine_to_super, super_names, opts.superclasses
-        )
+        args = (out, fine_to_super, super_names, opts.superclasses)
+        if ours:
+            result["superclasses"] = superclass_scores(*args)
+        if theirs:
+            result["superclasses_authors"] = superclass_scores_authors(*args)
     return result
+
+
+def protocols_of(protocol: str) -> tuple[bool, bool]:
+    """``--protocol`` -> (run ours, run the authors')."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol {protocol!r}: choose {', '.join(PROTOCOLS)}")
+    return protocol != "authors", protocol != "ours"
+
+
+def linear_record_authors(
+    run: LoadedRun,
+    opts: EvalOptions,
+    source: ProbeSource,
+    eval_ds: Dataset,
+    eval_out: Outputs,
+    memory: Outputs,
+    queries: Outputs,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The authors' linear probe (:func:`linear_probe_authors`): trained on augmented crops
+    of the memory's images through the frozen backbone, scored on the queries' backbone
+    features (centre crops, as extracted); backbone features whatever ``--features`` says."""
+    base = eval_ds if source.memory is None else source.memory
+    memory_ds = match_channels(base, run.channels)
+    if source.holdout:  # the same indices probe_outputs took the memory outputs from
+        memory_ds = Subset(memory_ds, holdout_indices(eval_out.labels)[0].tolist())
+    known = torch.nonzero(memory.labels >= 0).flatten().tolist()
+    train = _Transformed(
+        Subset(memory_ds, known), authors.authors_train_transform(run.cfg.augment, run.channels)
+    )
+    from_files = isinstance(base, ImageFileDataset)
+    workers = run.cfg.data.workers if opts.workers is None else opts.workers
+    num_classes = int(torch.cat([memory.labels, queries.labels]).max()) + 1
+    log(
+        f"authors' linear probe: {opts.linear_epochs} epochs over {len(known)} images, "
+        f"batch {opts.linear_batch_size}, on {run.device}"
+    )
+    scores = _scored(
+        authors.linear_probe_authors,
+        run.model.backbone,
+        train,
+        queries.features,
+        queries.labels,
+        num_classes,
+        epochs=opts.linear_epochs,
+        batch_size=opts.linear_batch_size,
+        device=run.device,
+        workers=workers if from_files else 0,
+        log=log,
+    )
+    return {
+        "protocol": "authors",
+        "reference": authors.REFERENCES["linear"],
+        **scores,
+        "features": "backbone",
+        "epochs": opts.linear_epochs,
+        "batch_size": opts.linear_batch_size,
+        "lr": authors.LINEAR["lr"],
+    }
 
 
 def _scored(protocol, *args, **kwargs):
@@ -475,13 +620,18 @@ def _scored(protocol, *args, **kwargs):
         raise DataError(f"{protocol.__name__}: {e}") from None
 
 
-def superclass_mapping(path: str, ds: Dataset) -> tuple[np.ndarray, list[str]]:
-    """:func:`load_superclass_mapping` for the class names of ``ds``, one-line DataErrors."""
+def superclass_mapping(
+    path: str, ds: Dataset, allow_missing: bool = False
+) -> tuple[np.ndarray, list[str]]:
+    """:func:`load_superclass_mapping` for the class names of ``ds``, one-line DataErrors.
+
+    ``allow_missing`` (with the authors' protocol): classes the file does not list get -1 and
+    are left out of the superclass scores."""
     class_names = getattr(ds, "classes", None)
     if not class_names:
         raise DataError("--superclasses needs class names, and the evaluation data has none")
     try:
-        return load_superclass_mapping(path, class_names)
+        return load_superclass_mapping(path, class_names, allow_missing)
     except OSError as e:
         raise DataError(f"--superclasses: cannot read '{path}' ({e.strerror or e})") from None
     except ValueError as e:
@@ -491,13 +641,50 @@ def superclass_mapping(path: str, ds: Dataset) -> tuple[np.ndarray, list[str]]:
 def superclass_scores(
     out: Outputs, fine_to_super: np.ndarray, names: list[str], mapping: str = ""
 ) -> dict:
-    """Each head scored against the superclass labels ``fine_to_super[label]``."""
+    """Our protocol: each head's clusters matched to the superclass labels
+    ``fine_to_super[label]`` directly, scored as :func:`head_scores` (samples of classes
+    without a superclass, -1, are not scored)."""
     labels = torch.from_numpy(relabel(out.labels, fine_to_super))
     return {
         "mapping": str(mapping),
         "classes": len(names),
         "names": names,
         "heads": head_scores(out, labels),
+        "protocol": "ours",
+    }
+
+
+def head_scores_authors(out: Outputs, fine_to_super: np.ndarray | None = None) -> dict:
+    """Every head scored as the authors' ``cls_eval.py`` (:func:`cluster_scores_authors`):
+    ``{"protocol", "reference", "samples", "heads": [{"classes", "nmi", "ami", "ari",
+    "acc"}...]}``."""
+    heads = []
+    for p in out.probs:
+        scores = _scored(authors.cluster_scores_authors, out.labels, p.argmax(1), fine_to_super)
+        samples = scores.pop("samples")
+        heads.append({"classes": int(p.shape[1]), **scores})
+    return {
+        "protocol": "authors",
+        "reference": authors.REFERENCES["clusters"],
+        "samples": samples if heads else 0,
+        "heads": heads,
+    }
+
+
+def superclass_scores_authors(
+    out: Outputs, fine_to_super: np.ndarray, names: list[str], mapping: str = ""
+) -> dict:
+    """The authors' superclass protocol: only the samples of classes the mapping covers,
+    clusters matched to their *fine* labels, the matched labels mapped to superclasses for
+    ACC; NMI, AMI and ARI against the fine labels (:func:`cluster_scores_authors`)."""
+    return {
+        "mapping": str(mapping),
+        "classes": len(names),
+        "names": names,
+        "fine_classes": int((fine_to_super >= 0).sum()),
+        "metrics": "nmi, ami, ari: against the fine labels; acc: against the superclasses, "
+        "clusters matched at the fine level",
+        **head_scores_authors(out, fine_to_super),
     }
 
 
@@ -529,7 +716,42 @@ def format_results(result: dict) -> str:
         r = result["superclasses"]
         lines.append(f"superclasses ({r['classes']}, from {r['mapping']}):")
         lines.append(format_table(r["heads"]))
+    lines += _format_authors(result)
     return "\n".join(lines)
+
+
+def _format_authors(result: dict) -> list[str]:
+    """The lines of the authors' protocols, each saying so."""
+    kind, lines = result["features"], []
+    if "heads_authors" in result:
+        r = result["heads_authors"]
+        lines.append(f"heads, authors' scoring (cls_eval.py), {r['samples']} images:")
+        lines.append(format_table(r["heads"]))
+    if "knn_authors" in result:
+        r = result["knn_authors"]
+        by_k = "  ".join(f"k={k} {v:.4f}" for k, v in r["top1_by_k"].items())
+        lines.append(f"kNN, authors' protocol (T={r['temperature']}, {kind} features): {by_k}")
+    if "linear_authors" in result:
+        r = result["linear_authors"]
+        lines.append(
+            f"linear probe, authors' recipe ({r['epochs']} epochs, backbone features): "
+            f"top-1 {r['top1']:.4f} (best epoch {r['best_top1']:.4f}, "
+            f"train crops {r['train_top1']:.4f})"
+        )
+    if "kmeans_authors" in result:
+        r = result["kmeans_authors"]
+        scores = "  ".join(f"{m} {r[m]:.4f}" for m in ("nmi", "ami", "ari", "acc"))
+        lines.append(
+            f"k-means, authors' protocol (k={r['k']}, fit on the memory, {kind} features): {scores}"
+        )
+    if "superclasses_authors" in result:
+        r = result["superclasses_authors"]
+        lines.append(
+            f"superclasses, authors' scoring ({r['classes']}, from {r['mapping']}; "
+            f"{r['fine_classes']} fine classes, {r['samples']} images; nmi/ami/ari vs fine):"
+        )
+        lines.append(format_table(r["heads"]))
+    return lines
 
 
 # ----------------------------------------------------------------------------- the gallery
@@ -546,8 +768,11 @@ def write_run_report(
     max_classes: int | None = None,
     batch_size: int = 256,
     workers: int | None = None,
+    map_points: int = 3000,
+    map_seed: int = 0,
 ) -> Path:
-    """Run the model over the data and write the cluster gallery of one head (report.py)."""
+    """Run the model over the data and write the cluster gallery of one head (report.py),
+    with every head's scores and a map of ``map_points`` embeddings (0: no map)."""
     from selfclassifier.report import write_report
 
     heads = run.model.num_classes
@@ -560,7 +785,14 @@ def write_run_report(
     out = run.extract(ds, batch_size, workers)
     preds, confidences = out.predictions(head)
     labelled = bool((out.labels >= 0).any())
-    metrics = head_scores(out)[head] if labelled else None
+    if labelled:
+        scores = head_scores(out)
+    else:
+        argmax = [p.argmax(1).numpy() for p in out.probs]
+        free = label_free_scores(out.embeddings, argmax, heads)
+        scores = [{"classes": c, **f} for c, f in zip(heads, free, strict=True)]
+    metrics = dict(scores[head]) if labelled else None
+    run.mark_selection(scores)
     return write_report(
         out_dir,
         _gallery_images(ds),
@@ -574,6 +806,11 @@ def write_run_report(
         per_class=per_class,
         max_classes=max_classes,
         head_name=f"head {head} ({heads[head]} classes)",
+        embeddings=out.embeddings.numpy(),
+        map_points=map_points,
+        map_seed=map_seed,
+        heads=scores,
+        head_index=head,
     )
 
 

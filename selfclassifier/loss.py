@@ -127,11 +127,12 @@ def _pair_terms(
     logits: Logits, row_tau: float, col_tau: float, eps: float, num_global: int
 ) -> list[list[torch.Tensor]]:
     """``terms[h][p]``: head h's mean over this rank's samples of sum_y target_i * log pred_j
-    for the p-th view pair (i, j) of :func:`view_pairs`; float32, outside autocast."""
+    for the p-th view pair (i, j) of :func:`view_pairs`; at least float32, outside autocast."""
     if len(logits) == 0 or len(logits[0]) < 2:
         raise ValueError("self_classifier_loss needs at least one head and two views")
     with torch.autocast(device_type=logits[0][0].device.type, enabled=False):
-        logits = [[v.float() for v in head] for head in logits]
+        # half precisions are raised to float32; float64 (tests, analysis) stays
+        logits = [[v.float() if v.element_size() < 4 else v for v in head] for head in logits]
         global_logits, rows = _gather_views(logits)
         pairs = view_pairs(len(logits[0]), num_global)
         terms = []

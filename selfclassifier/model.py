@@ -10,23 +10,31 @@ from torch import nn
 
 
 class NormalizedLinear(nn.Module):
-    """Bias-free linear layer whose rows have norm 1: weight-normalisation with g fixed to 1.
+    """Bias-free weight-normalised linear layer: logits = g * (x @ (v / ||v||)^T).
 
-    Equivalent to the paper's ``weight_norm(Linear(d, C, bias=False))`` with ``weight_g`` frozen
-    at 1; ``weight`` plays the role of ``weight_v``. With ``scaled=True`` a fixed per-class
-    buffer ``scale`` (C,) plays ``weight_g``: the authors' released checkpoints learnt g, and
-    ``selfclassifier convert`` keeps it so their logits are reproduced exactly.
+    ``weight`` is v (C, d); ``scale`` is g (C,). ``norm="learnt"`` makes g a parameter that
+    starts at 1 and trains, exactly the authors' ``weight_norm(Linear(d, C, bias=False))`` with
+    ``weight_g`` filled with 1. ``norm="fixed"`` keeps g = 1 (plain cosine logits);
+    ``norm="buffer"`` holds g as a fixed buffer (checkpoints converted by earlier releases).
+
+    >>> head = NormalizedLinear(4, 3)
+    >>> [name for name, _ in head.named_parameters()]
+    ['weight', 'scale']
     """
 
-    def __init__(self, in_dim: int, num_classes: int, scaled: bool = False):
+    def __init__(self, in_dim: int, num_classes: int, norm: str = "learnt"):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
-        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's own initialisation
         self.scale: torch.Tensor | None
-        if scaled:
+        if norm == "learnt":
+            self.scale = nn.Parameter(torch.ones(num_classes))
+        elif norm == "buffer":
             self.register_buffer("scale", torch.ones(num_classes))
-        else:
+        elif norm == "fixed":
             self.scale = None
+        else:
+            raise ValueError(f"unknown head norm '{norm}'; choose learnt, fixed or buffer")
 
     @property
     def num_classes(self) -> int:
@@ -44,8 +52,14 @@ def projection_mlp(
     layers: int = 2,
     batch_norm: bool = True,
     activation: str = "leaky_relu",
+    init: str = "trunc_normal",
 ) -> nn.Sequential:
-    """``layers`` linear layers; every one but the last is followed by BN and the activation."""
+    """``layers`` linear layers; every one but the last is followed by BN and the activation.
+
+    A Linear followed by BN has no bias: BN's mean subtraction cancels it (the authors' MLP has
+    one, whose gradient is zero in training mode; ``convert`` folds it into BN's running mean).
+    ``init="trunc_normal"``: weights N(0, 0.02) truncated at +-2, biases 0 (the authors' MLP).
+    """
     acts = {"leaky_relu": lambda: nn.LeakyReLU(0.01), "relu": nn.ReLU, "gelu": nn.GELU}
     if activation not in acts:
         raise ValueError(f"unknown activation '{activation}'; choose one of {sorted(acts)}")
@@ -58,6 +72,14 @@ def projection_mlp(
             if batch_norm:
                 mods.append(nn.BatchNorm1d(dims[k + 1]))
             mods.append(acts[activation]())
+    if init == "trunc_normal":
+        for mod in mods:
+            if isinstance(mod, nn.Linear):
+                nn.init.trunc_normal_(mod.weight, std=0.02)
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
+    elif init != "torch":
+        raise ValueError(f"unknown MLP init '{init}'; choose trunc_normal or torch")
     return nn.Sequential(*mods)
 
 
@@ -81,19 +103,21 @@ class SelfClassifier(nn.Module):
         batch_norm: bool = True,
         activation: str = "leaky_relu",
         freeze_heads: bool = False,
-        head_scale: bool = False,
+        head_norm: str = "learnt",
+        joint_projection: bool = True,
+        mlp_init: str = "trunc_normal",
     ):
         super().__init__()
         if not heads:
             raise ValueError("at least one classification head is needed")
         self.backbone = backbone
         self.projection = projection_mlp(
-            backbone.out_dim, hidden_dim, out_dim, mlp_layers, batch_norm, activation
+            backbone.out_dim, hidden_dim, out_dim, mlp_layers, batch_norm, activation, mlp_init
         )
-        self.heads = nn.ModuleList(NormalizedLinear(out_dim, c, head_scale) for c in heads)
+        self.heads = nn.ModuleList(NormalizedLinear(out_dim, c, head_norm) for c in heads)
+        self.joint_projection = joint_projection
         if freeze_heads:
-            for head in self.heads:
-                head.weight.requires_grad_(False)
+            self.heads.requires_grad_(False)
 
     @property
     def num_classes(self) -> list[int]:
@@ -105,7 +129,7 @@ class SelfClassifier(nn.Module):
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """L2-normalised embedding (B, out_dim) of backbone features."""
-        return F.normalize(self.projection(features), dim=1)
+        return F.normalize(self.projection(features), dim=1, eps=1e-7)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised embedding (B, out_dim) of a batch of images."""
@@ -121,17 +145,21 @@ class SelfClassifier(nn.Module):
     def embed_views(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Embeddings of multi-crop views, one backbone call per resolution.
 
-        Consecutive views of equal size are concatenated, as in DINO, so 2 global + 6 local
-        crops cost two backbone calls (and BatchNorm sees each resolution as one batch).
+        Consecutive views of equal size are concatenated, so 2 global + 6 local crops cost two
+        backbone calls. With ``joint_projection`` (the authors' code) the projection then runs
+        once over all views' features, so its BatchNorm statistics pool every crop; without,
+        it runs once per resolution group.
         """
-        sizes = [v.shape[-1] for v in views]
+        groups: list[list[torch.Tensor]] = []
+        for v in views:
+            if groups and groups[-1][0].shape[-1] == v.shape[-1]:
+                groups[-1].append(v)
+            else:
+                groups.append([v])
+        feats = [self.features(torch.cat(group, dim=0)) for group in groups]
+        if self.joint_projection:
+            return list(self.project(torch.cat(feats, dim=0)).chunk(len(views), dim=0))
         out: list[torch.Tensor] = []
-        start = 0
-        while start < len(views):
-            end = start
-            while end < len(views) and sizes[end] == sizes[start]:
-                end += 1
-            emb = self.embed(torch.cat(list(views[start:end]), dim=0))
-            out.extend(emb.chunk(end - start, dim=0))
-            start = end
+        for group, f in zip(groups, feats, strict=True):
+            out.extend(self.project(f).chunk(len(group), dim=0))
         return out

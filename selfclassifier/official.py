@@ -178,23 +178,22 @@ def convert_official(
     name, channels, size = infer_backbone(backbone_sd)
     linears, norms = _mlp_layers(sd)
     heads = _heads(sd)
-    cfg = _config(name, size, linears, norms, heads, activation, atol)
+    cfg = _config(name, size, linears, norms, heads, activation)
     model = build_model(cfg, channels, size)
     load_backbone_state(model.backbone, backbone_sd, str(path))
     state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
     state.update(_projection_state(model, linears, norms))
     for k, (v, g) in enumerate(heads):
         state[f"heads.{k}.weight"] = v.float()
-        if cfg.model.head_scale:
-            state[f"heads.{k}.scale"] = (g if g is not None else torch.ones(len(v))).float()
+        state[f"heads.{k}.scale"] = (g if g is not None else torch.ones(len(v))).float()
     load_state(model, state, str(path))
     notes = [
         f"backbone {name} ({channels} channels, {size} px), MLP {cfg.model.mlp_layers} "
         f"layer(s) {cfg.model.hidden_dim}->{cfg.model.out_dim}"
         f"{' with BN' if cfg.model.batch_norm else ''}, heads {cfg.model.heads}"
     ]
-    if cfg.model.head_scale:
-        notes.append("the heads' learnt weight_g differs from 1: kept as a fixed per-class scale")
+    if any(g is not None and (g - 1).abs().max() > atol for _, g in heads):
+        notes.append("the heads' learnt weight_g differs from 1: kept as their norm g (trained on)")
     if skipped:
         notes.append(f"skipped non-tensor objects without running them: {', '.join(skipped)}")
     ckpt = {
@@ -212,7 +211,7 @@ def convert_official(
     return ckpt, notes
 
 
-def _config(name, size, linears, norms, heads, activation, atol) -> Config:
+def _config(name, size, linears, norms, heads, activation) -> Config:
     cfg = Config()
     m = cfg.model
     m.backbone = name
@@ -235,7 +234,7 @@ def _config(name, size, linears, norms, heads, activation, atol) -> Config:
             raise CheckpointError(
                 f"head cls_{k} takes {v.shape[1]}-d inputs but the MLP gives {m.out_dim}-d"
             )
-    m.head_scale = any(g is not None and (g - 1).abs().max() > atol for _, g in heads)
+    m.head_norm = "learnt"  # weight_norm's g, as the authors trained it
     cfg.augment.global_size = size
     validate(cfg)
     return cfg

@@ -9,6 +9,9 @@ without a network::
       thumbs/000123.png one PNG per image shown, named by the image's index
       grid.png          the paper's qualitative figure: one row per class (the most
                         confident classes first), its most confident images left to right
+      map.png           with ``embeddings``: a 2-D map (t-SNE, or UMAP when installed) of up
+                        to ``map_points`` images coloured by class; the page links each
+                        class on it, and in its legend, to the class's section
 
 Classes are ordered by mean confidence because the confident classes are the ones the
 network is sure about; they are the first thing worth looking at. Images are referenced
@@ -33,6 +36,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from selfclassifier.embedding_map import (
+    MAP_POINTS,
+    MIN_POINTS,
+    class_colours,
+    layout_2d,
+    render_map,
+)
 
 THUMB_PX = 96  # thumbnails fit a THUMB_PX box ...
 MIN_THUMB_PX = 64  # ... and tiny images are blown up to at least this, pixel for pixel
@@ -68,8 +79,14 @@ def write_report(
     per_class: int = 16,
     max_classes: int | None = None,
     head_name: str = "head 0",
+    embeddings=None,
+    map_points: int = MAP_POINTS,
+    map_seed: int = 0,
+    map_method: str = "auto",
+    heads: Sequence[Mapping[str, object]] | None = None,
+    head_index: int | None = None,
 ) -> pathlib.Path:
-    """Write ``out_dir/index.html`` (+ ``thumbs/`` and ``grid.png``) and return its path.
+    """Write ``out_dir/index.html`` (+ ``thumbs/``, ``grid.png``, ``map.png``); return its path.
 
     Args:
         images: uint8 array (N, H, W), (N, H, W, 1) or (N, H, W, 3); or N image file
@@ -84,12 +101,22 @@ def write_report(
         max_classes: show sections for only this many classes (the most confident);
             the bar chart always shows all of them.
         head_name: which classifier head the predictions came from, shown in the summary.
+        embeddings: (N, D) embeddings of the images: draws ``map.png``, a 2-D map of
+            ``map_points`` of them (a random subset for ``map_seed``; 0: no map) made with
+            ``map_method`` ('auto': UMAP when umap-learn is installed, else t-SNE).
+        heads: one dict of scores per head of the model (``classes``, ``active_classes``,
+            ``size_entropy``, ``silhouette``, and ``nmi``, ``acc``... when labels are
+            known), shown as a table to compare heads; ``head_index`` is the one reported.
     """
     preds, confidences, labels = _check_inputs(preds, confidences, labels, num_classes)
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     if max_classes is not None and max_classes < 1:
         raise ValueError(f"max_classes must be >= 1 or None, got {max_classes}")
+    if map_points < 0:
+        raise ValueError(f"map_points must be >= 0, got {map_points}")
+    if embeddings is not None and len(embeddings) != len(preds):
+        raise ValueError(f"got {len(embeddings)} embeddings for {len(preds)} predictions")
     load_image = _image_loader(images, len(preds))
 
     classes = summarize_classes(preds, confidences, labels)
@@ -103,6 +130,11 @@ def write_report(
     wanted |= grid_wanted
     thumbs, grid_thumbs = _write_thumbnails(out_dir, load_image, sorted(wanted), grid_wanted)
     _grid_image(grid_members, grid_thumbs).save(out_dir / "grid.png")
+    embedding_map = None
+    if embeddings is not None and min(map_points, len(preds)) >= MIN_POINTS:
+        embedding_map = _write_map(
+            out_dir, embeddings, preds, classes, map_points, map_seed, map_method
+        )
 
     page = _render_page(
         classes=classes,
@@ -118,6 +150,9 @@ def write_report(
         title=title,
         per_class=per_class,
         head_name=head_name,
+        embedding_map=embedding_map,
+        heads=heads,
+        head_index=head_index,
     )
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8", newline="\n")
@@ -261,6 +296,29 @@ def _grid_image(grid_members: Mapping[int, np.ndarray], thumbs: Mapping[int, Ima
     return grid
 
 
+@dataclass(frozen=True)
+class _MapFigure:
+    method: str
+    seed: int
+    classes: np.ndarray  # (M,) class of each image on the map
+    anchors: dict[int, tuple[int, int]]
+    colours: dict[int, tuple[int, int, int]]
+    size: int
+
+
+def _write_map(out_dir, embeddings, preds, classes, map_points, seed, method) -> _MapFigure:
+    """``map.png``: the embeddings' 2-D layout, one colour per class (page order, so the
+    most confident classes get the most distinct colours)."""
+    if hasattr(embeddings, "detach"):
+        embeddings = embeddings.detach().cpu().numpy()
+    layout = layout_2d(embeddings, map_points, seed, method)
+    colours = class_colours(c.class_id for c in classes)
+    on_map = preds[layout.indices]
+    drawn = render_map(layout.xy, on_map, colours, seed=seed)
+    drawn.image.save(out_dir / "map.png")
+    return _MapFigure(layout.method, seed, on_map, drawn.anchors, colours, drawn.image.width)
+
+
 # ----------------------------------------------------------------------------- HTML
 
 _SEP = " \u00b7 "
@@ -280,6 +338,8 @@ def _label_name(label: int, class_names) -> str:
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "\u2013"  # a score that is undefined here, e.g. one class's silhouette
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.4f}"
     return str(value)
@@ -314,6 +374,9 @@ def _render_page(
     title,
     per_class,
     head_name,
+    embedding_map=None,
+    heads=None,
+    head_index=None,
 ) -> str:
     empty = sorted(set(range(num_classes)) - {c.class_id for c in classes})
     body = [
@@ -328,7 +391,11 @@ def _render_page(
         )
     if metrics:
         body.append(_metrics_html(metrics))
-    body.append(_bar_chart_svg(classes, num_images, num_classes))
+    if heads:
+        body.append(_heads_html(heads, head_index))
+    body.append(_bar_chart_svg(classes, num_images, num_classes, {c.class_id for c in shown}))
+    if embedding_map is not None:
+        body.append(_map_html(embedding_map, shown, thumbs, num_images, head_name))
     for n, summary in enumerate(shown):
         body.append(
             _class_section_html(
@@ -380,9 +447,100 @@ def _metrics_html(metrics: Mapping[str, object]) -> str:
     return f'<table class="metrics"><caption>metrics</caption>{rows}</table>'
 
 
-def _bar_chart_svg(classes, num_images, num_classes) -> str:
+_HEAD_COLUMNS = [  # (key, header); label-free first: they exist with or without labels
+    ("classes", "classes"),
+    ("active_classes", "active classes"),
+    ("size_entropy", "size entropy"),
+    ("silhouette", "silhouette"),
+    ("selection_loss", "selection loss"),
+    ("nmi", "NMI"),
+    ("acc", "ACC"),
+    ("acc_many_to_one", "ACC many-to-one"),
+]
+
+
+def _heads_html(heads, head_index) -> str:
+    """Every head side by side, to choose the number of classes; the highest silhouette
+    is in bold, the reported head highlighted, selected candidates starred."""
+    cols = [(k, name) for k, name in _HEAD_COLUMNS if any(k in h for h in heads)]
+    silhouettes = [h.get("silhouette") for h in heads]
+    best = max((s for s in silhouettes if s is not None), default=None)
+    head_row = ["<tr><th>head</th>", *(f"<th>{name}</th>" for _, name in cols), "</tr>"]
+    rows = ["".join(head_row)]
+    for i, h in enumerate(heads):
+        cells = []
+        for key, _ in cols:
+            v = h.get(key)
+            text = _esc(_fmt(v))
+            strong = key == "silhouette" and v is not None and v == best
+            cells.append(f'<td class="best">{text}</td>' if strong else f"<td>{text}</td>")
+        mark = "*" if h.get("selected") else ""
+        current = ' class="current"' if i == head_index else ""
+        rows.append(f'<tr{current} data-head="{i}"><th>{i}{mark}</th>{"".join(cells)}</tr>')
+    notes = [
+        "size entropy: entropy of the class sizes over log(classes), 1 = all classes the "
+        "same size; silhouette: cosine, on the embeddings, higher = tighter and better "
+        "separated classes (bold: the highest). Neither reads a label, and the silhouette "
+        "compares heads of different sizes."
+    ]
+    if head_index is not None:
+        notes.append("Highlighted: the head shown on this page.")
+    if any(h.get("selected") for h in heads):
+        notes.append("*: lowest loss among the heads with as many classes.")
+    return (
+        f'<table class="metrics heads" id="heads"><caption>heads</caption>{"".join(rows)}'
+        f'</table><p class="legend">{_esc(" ".join(notes))}</p>'
+    )
+
+
+def _map_html(fig: _MapFigure, shown, thumbs, num_images, head_name) -> str:
+    """map.png with an image map (each class's id on the map links to its section) and a
+    legend beside it: colour, id, images on the map and its most confident thumbnail."""
+    sections = {c.class_id for c in shown}
+    on_map = dict(zip(*np.unique(fig.classes, return_counts=True), strict=True))
+    areas = [
+        f'<area shape="circle" coords="{x},{y},{_MAP_HIT_PX}" href="#class-{c}" '
+        f'alt="class {c}" title="class {c}: {on_map[c]} images on the map">'
+        for c, (x, y) in fig.anchors.items()
+        if c in sections
+    ]
+    legend = []
+    for n, c in enumerate(s for s in shown if s.class_id in on_map):
+        r, g, b = fig.colours[c.class_id]
+        i = int(c.members[0])
+        w, h = thumbs[i]
+        loading = ' loading="lazy"' if n >= EAGER_SECTIONS else ""
+        legend.append(
+            f'<li><a href="#class-{c.class_id}"><i style="background:#{r:02x}{g:02x}{b:02x}">'
+            f'</i><img src="{_thumb_name(i)}" width="{w}" height="{h}"{loading} alt="">'
+            f"class {c.class_id} <span>{on_map[c.class_id]:,}</span></a></li>"
+        )
+    hidden = len(set(on_map) - sections)
+    if hidden:
+        legend.append(f'<li class="rest">{hidden} more classes without a section</li>')
+    points = len(fig.classes)
+    caption = (
+        f"{fig.method} of the embeddings of {points:,} of {num_images:,} images"
+        f"{f' (a random subset, seed {fig.seed})' if points < num_images else ''}, coloured "
+        f"by the class of {_esc(head_name)}. Click a class id on the map, or one in the "
+        "legend, for its images."
+    )
+    return (
+        f'<figure class="map" id="embedding-map"><div class="mapwrap">'
+        f'<img id="embedding-map-image" src="map.png" width="{fig.size}" height="{fig.size}" '
+        f'usemap="#class-map" alt="{_esc(fig.method)} map of the embeddings by class">'
+        f'<map name="class-map">{"".join(areas)}</map>'
+        f'<ul class="maplegend">{"".join(legend)}</ul></div>'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+_MAP_HIT_PX = 14  # radius of the clickable circle around a class id on the map
+
+
+def _bar_chart_svg(classes, num_images, num_classes, sections) -> str:
     """Class sizes, largest first; the dashed line is the size every class would have
-    under the uniform prior the loss asks for."""
+    under the uniform prior the loss asks for. Bars of classes in ``sections`` link there."""
     bars = sorted(classes, key=lambda c: (-len(c.members), c.class_id))
     if not bars:
         return ""
@@ -409,12 +567,14 @@ def _bar_chart_svg(classes, num_images, num_classes) -> str:
         size = len(c.members)
         h = plot_h * size / biggest
         x = left + n * step + gap / 2
-        out.append(
-            f'<a href="#class-{c.class_id}"><rect x="{x:.2f}" y="{top + plot_h - h:.2f}" '
+        bar = (
+            f'<rect x="{x:.2f}" y="{top + plot_h - h:.2f}" '
             f'width="{max(step - gap, 0.5):.2f}" height="{h:.2f}">'
             f"<title>class {c.class_id}: {size} images, mean confidence "
-            f"{c.mean_confidence:.3f}</title></rect></a>"
+            f"{c.mean_confidence:.3f}</title></rect>"
         )
+        linked = c.class_id in sections  # max_classes hides some sections
+        out.append(f'<a href="#class-{c.class_id}">{bar}</a>' if linked else bar)
         if len(bars) <= 40:
             out.append(
                 f'<text x="{x + (step - gap) / 2:.2f}" y="{top + plot_h + 16}" class="tick" '
@@ -489,6 +649,17 @@ _SCRIPT = """window.addEventListener("load", function () {
   d.loadedImages = loaded;
   d.lazyPendingImages = pending;
   d.brokenImages = imgs.length - loaded - pending;
+  var map = document.getElementById("embedding-map-image");
+  if (map) {
+    d.mapRendered = map.complete && map.naturalWidth > 0 ?
+      map.naturalWidth + "x" + map.naturalHeight : "no";
+    var links = document.querySelectorAll("#embedding-map a, #embedding-map area"), dead = 0;
+    for (var j = 0; j < links.length; j++) {
+      if (!document.getElementById(links[j].getAttribute("href").slice(1))) dead++;
+    }
+    d.mapLinks = links.length;
+    d.mapDeadLinks = dead;
+  }
 });"""
 
 _CSS = """
@@ -532,6 +703,24 @@ section.cls .label { color: var(--ink); }
 .thumbs figcaption { font-size: 11px; color: var(--muted); font-variant-numeric: tabular-nums; }
 p.legend { color: var(--muted); font-size: 12px; margin: -6px 0 14px; }
 p.rest { color: var(--muted); border-top: 1px solid var(--line); padding-top: 10px; }
+table.heads tr.current { background: #fff8c5; }
+table.heads td.best { font-weight: bold; }
+figure.map { margin: 0 0 20px; border: 1px solid var(--line); border-radius: 8px; padding: 10px;
+  width: fit-content; max-width: 100%; }
+/* the image map's coordinates are in image pixels, so the map never scales */
+.mapwrap { display: flex; gap: 12px; align-items: flex-start; overflow-x: auto; }
+.mapwrap > img { flex: none; box-sizing: content-box; border: 1px solid var(--line); }
+ul.maplegend { list-style: none; margin: 0; padding: 0; max-height: 720px; overflow-y: auto;
+  min-width: 190px; font-size: 13px; }
+ul.maplegend li { margin: 0 0 4px; }
+ul.maplegend a { display: flex; align-items: center; gap: 6px; color: var(--ink);
+  text-decoration: none; }
+ul.maplegend a:hover { text-decoration: underline; }
+ul.maplegend i { width: 12px; height: 12px; border-radius: 50%; flex: none; }
+ul.maplegend img { width: 32px; height: 32px; object-fit: scale-down;
+  image-rendering: pixelated; background: #f6f8fa; }
+ul.maplegend span, ul.maplegend li.rest { color: var(--muted); }
+figure.map figcaption { color: var(--muted); font-size: 12px; margin-top: 6px; max-width: 960px; }
 """
 
 

@@ -59,6 +59,7 @@ from selfclassifier.data import (
     TensorImageDataset,
     UnreadableImageWarning,
     build_dataset,
+    dataset_targets,
     is_labelled,
 )
 from selfclassifier.evaluation import (
@@ -71,9 +72,10 @@ from selfclassifier.evaluation import (
 from selfclassifier.inference import Outputs, dataset_channels, eval_loader, run_model
 from selfclassifier.loss import SelfClassifierLoss, head_losses
 from selfclassifier.metrics import format_table, mark_selection, select_heads
-from selfclassifier.optim import build_optimizer, cosine_lr, set_lr
+from selfclassifier.optim import build_optimizer, lr_schedule, set_lr
 from selfclassifier.pretrained import load_backbone_weights
 from selfclassifier.queue import NNQueue
+from selfclassifier.tensorboard import MetricsBoard, require_tensorboard
 
 
 class TrainingError(RuntimeError):
@@ -84,25 +86,40 @@ class TrainingError(RuntimeError):
 
 
 class MultiCropForward(nn.Module):
-    """What DDP wraps: views -> (logits[head][view], embedding of view 1 before the NN swap)."""
+    """What DDP wraps: views -> (logits[head][view], view 0's embedding before the NN swap,
+    the NN's labels or None).
 
-    def __init__(self, model: nn.Module):
+    ``heads_fp32``: the heads run in float32 outside autocast (the authors' fp32 run; their
+    logits feed a column softmax at tau 0.05), while backbone and projection may run in bf16.
+    """
+
+    def __init__(self, model: nn.Module, heads_fp32: bool = True):
         super().__init__()
         self.model = model
+        self.heads_fp32 = heads_fp32
 
-    def forward(self, views: list[torch.Tensor], queue: NNQueue | None = None):
+    def forward(
+        self,
+        views: list[torch.Tensor],
+        queue: NNQueue | None = None,
+        indices: torch.Tensor | None = None,
+    ):
         if views[0].dim() == 2:  # cached backbone features (frozen-backbone mode)
             embeddings = list(self.model.project(torch.cat(views)).chunk(len(views)))
         else:
             embeddings = self.model.embed_views(views)
-        first = embeddings[0]
+        first, nn_labels = embeddings[0], None
         if queue is not None and queue.full:
-            # The nearest neighbour carries no gradient: view 1's branch then only trains the
+            # The nearest neighbour carries no gradient: view 0's branch then only trains the
             # heads, while the other views pull the backbone towards the neighbour's class.
-            embeddings = [queue.nearest(first)] + list(embeddings[1:])
-        per_view = [self.model.classify(e) for e in embeddings]
+            nearest, nn_labels = queue.nearest(first.detach(), indices)
+            embeddings = [nearest] + list(embeddings[1:])
+        with torch.autocast(first.device.type, enabled=not self.heads_fp32):
+            if self.heads_fp32:  # only lower precisions are raised (a float64 model stays)
+                embeddings = [e.float() if e.element_size() < 4 else e for e in embeddings]
+            per_view = [self.model.classify(e) for e in embeddings]
         logits = [[pv[h] for pv in per_view] for h in range(len(self.model.heads))]
-        return logits, first
+        return logits, first, nn_labels
 
 
 # ----------------------------------------------------------------------------- data
@@ -409,7 +426,7 @@ class ViewSource:
         else:
             views = _ClassicViews(ds, ClassicMultiCrop(cfg.augment, channels), cfg.train.seed)
             collate = _collate_views
-        self._sampler = _EpochBatches(self._batches)
+        self._sampler = _EpochBatches(self.batches)
         self._stream = None  # the loader's iterator, positioned at self._position
         self._position = (0, 0)
         self._loader = DataLoader(
@@ -448,7 +465,9 @@ class ViewSource:
     def _rows_of(self, n: int) -> tuple[int, int]:
         return _RowsOf(dist.rank(), self.cfg.train.batch_size)(n)
 
-    def _batches(self, epoch: int) -> list[torch.Tensor]:
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        """This rank's dataset indices of each step of ``epoch`` (what ``epoch`` yields views
+        of, step by step)."""
         cfg = self.cfg
         return local_batches(len(self.ds), cfg.train.batch_size, cfg.train.seed, epoch)
 
@@ -459,7 +478,7 @@ class ViewSource:
             return
         if self.in_memory:
             # One upload of the epoch's indices: a host tensor copied per step would block.
-            order = torch.stack(self._batches(epoch)[start_step:])
+            order = torch.stack(self.batches(epoch)[start_step:])
             if self.device.type == "cuda":
                 order = order.pin_memory()
             order = order.to(self.device, non_blocking=True)
@@ -550,13 +569,15 @@ class CachedFeatureSource:
                 self._neighbours = features.nearest_neighbours(self._features[0], k)
         return self._features, self._labels
 
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        """This rank's dataset indices of each step of ``epoch``."""
+        cfg = self.cfg
+        return local_batches(len(self.trainer.dataset), cfg.train.batch_size, cfg.train.seed, epoch)
+
     def epoch(self, epoch: int, start_step: int = 0):
         cfg = self.cfg
         feats, _ = self.load()
-        batches = local_batches(
-            len(self.trainer.dataset), cfg.train.batch_size, cfg.train.seed, epoch
-        )
-        for k, idx in enumerate(batches[start_step:], start=start_step):
+        for k, idx in enumerate(self.batches(epoch)[start_step:], start=start_step):
             g = torch.Generator().manual_seed(_sample_seed(cfg.train.seed, epoch, k))
             views = features.draw_views(feats, idx, cfg.augment.global_crops, g, self._neighbours)
             yield [v.to(self.trainer.device, non_blocking=True) for v in views]
@@ -673,6 +694,8 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         check_world_size(cfg.train.batch_size)
         check_backbone(cfg.model.backbone)
+        if cfg.train.tensorboard:
+            require_tensorboard()  # every rank, so that none waits for a failed rank 0
         dist.init_from_env(self.device.type)
         self.main = dist.is_main_process()
         # Only rank 0 talks: other ranks would repeat every line.
@@ -722,16 +745,7 @@ class Trainer:
         self.loss_fn = SelfClassifierLoss(
             cfg.loss.row_tau, cfg.loss.col_tau, cfg.loss.eps, num_global=cfg.augment.global_crops
         )
-        self.lr = cfg.optim.lr * cfg.train.batch_size / 256
-        self.optimizer = build_optimizer(
-            self.model,
-            cfg.optim.optimizer,
-            self.lr,
-            cfg.optim.weight_decay,
-            cfg.optim.momentum,
-            cfg.optim.exclude_norm_bias,
-            fused=self.device.type == "cuda",
-        )
+        self.optimizer = build_optimizer(self.model, cfg)
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
@@ -744,20 +758,31 @@ class Trainer:
         self.steps_per_epoch = self.source.steps_per_epoch()
         if self.steps_per_epoch == 0:
             raise ConfigError("the dataset is smaller than one batch; lower --batch-size")
-        self.total_steps = cfg.train.epochs * self.steps_per_epoch
-        self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+        self.lrs = lr_schedule(cfg, self.steps_per_epoch)
+        # Labels ride along into the NN queue only for its accuracy monitor (-1: unknown).
+        self.targets = (
+            dataset_targets(self.dataset).to(self.device) if self.queue is not None else None
+        )
+        self._nn_hits: torch.Tensor | None = None  # (hits, queries) since the last log
         self.state = RunState()
         if ckpt is not None:
             self._restore(ckpt, resume)
         elif self.main:  # records of an attempt killed before its first checkpoint are void
             _trim_metrics(self.out / "metrics.jsonl", self.state)
-        self.net = self._wrap(MultiCropForward(self.model))
+        self.net = self._wrap(
+            MultiCropForward(self.model, heads_fp32=cfg.train.head_precision == "fp32")
+        )
         self._stop_signal: int | None = None  # set by the handler, on this rank only
         self._stopping = False  # agreed by all ranks at a step boundary
         self._probe: ProbeSource | None = None  # kNN memory/queries of eval_every, built once
         # The first non-finite value since the last check, kept on the device so that no
         # step waits for it: 2 * global step + what (0 loss, 1 gradient norm), or -1.
         self._first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._board = (  # after _restore: a resumed run continues its curves from its step
+            MetricsBoard(self.out / "tensorboard", self.state.global_step)
+            if cfg.train.tensorboard and self.main
+            else None
+        )
 
     # -- setup helpers
 
@@ -944,6 +969,8 @@ class Trainer:
         if self.main:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self._board is not None:
+                self._board.write(record, self.state.global_step)
 
     # -- signals
 
@@ -988,15 +1015,10 @@ class Trainer:
             state.epoch_loss_sum, state.epoch_loss_steps, self._loss_sum = 0.0, 0, None
         if self._loss_sum is None:
             self._loss_sum = torch.tensor(state.epoch_loss_sum, device=self.device)
+        batches = self.source.batches(epoch)
         for views in self.source.epoch(epoch, start_step=state.step):
-            lr = cosine_lr(
-                state.global_step,
-                self.total_steps,
-                self.warmup_steps,
-                self.lr,
-                cfg.optim.min_lr * cfg.train.batch_size / 256,
-            )
-            result = self.train_step(views, lr, epoch)
+            lr = self.lrs[state.global_step]
+            result = self.train_step(views, lr, epoch, batches[state.step])
             state.step += 1
             state.global_step += 1
             log_now = state.step % cfg.train.log_every == 0 or state.step == self.steps_per_epoch
@@ -1043,8 +1065,17 @@ class Trainer:
         local = total / steps if steps else torch.tensor(math.nan, device=self.device)
         return float(dist.all_reduce_mean(local))
 
-    def train_step(self, views: list[torch.Tensor], lr: float, epoch: int):
+    def train_step(
+        self,
+        views: list[torch.Tensor],
+        lr: float,
+        epoch: int,
+        indices: torch.Tensor | None = None,
+    ):
         """One optimisation step; returns (detached loss, logits), also for a skipped step.
+
+        ``indices``: this rank's dataset indices of the batch, which the NN queue keeps so that
+        no image is paired with its own earlier embedding.
 
         Nothing here reads a device value on the host (on GPU the step is queued, not
         waited for): a non-finite loss or gradient norm is recorded on the device and raised
@@ -1061,7 +1092,9 @@ class Trainer:
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            logits, first = self.net(views, self.queue)
+            if indices is not None:
+                indices = indices.to(self.device, non_blocking=True)
+            logits, first, nn_labels = self.net(views, self.queue, indices)
             loss = self.loss_fn(logits)
         if cfg.train.skip_nonfinite and self._skip(loss):
             return loss.detach(), logits
@@ -1080,13 +1113,24 @@ class Trainer:
                 self._flag_nonfinite(norm, 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.queue is not None and epoch >= cfg.train.queue_start_epoch:
-            self.queue.push_global(first.float())
+        if self.queue is not None:
+            labels = None if indices is None else self.targets[indices]
+            if nn_labels is not None and labels is not None:
+                self._count_nn_hits(nn_labels, labels)
+            if epoch >= cfg.train.queue_start_epoch:
+                self.queue.push_global(first.float(), indices, labels)
         if self._loss_sum is None:  # a step outside train_one_epoch (tests, tools)
             self._loss_sum = torch.tensor(self.state.epoch_loss_sum, device=self.device)
         self._loss_sum = self._loss_sum + loss.detach().float()
         state.epoch_loss_steps += 1
         return loss.detach(), logits
+
+    def _count_nn_hits(self, nn_labels: torch.Tensor, labels: torch.Tensor) -> None:
+        """The authors' NN-accuracy monitor: how often the neighbour shares the query's label
+        (only where both are known); kept on the device until the next log step."""
+        known = (labels >= 0) & (nn_labels >= 0)
+        step = torch.stack([((nn_labels == labels) & known).sum(), known.sum()]).float()
+        self._nn_hits = step if self._nn_hits is None else self._nn_hits + step
 
     def _skip(self, value: torch.Tensor) -> bool:
         """``train.skip_nonfinite``: whether any rank saw a non-finite ``value`` (counted)."""
@@ -1114,7 +1158,8 @@ class Trainer:
         )
 
     def _step_record(self, epoch, lr, loss, logits, img_per_s) -> dict:
-        classes = int(torch.unique(logits[0][0].argmax(1)).numel())
+        # Distinct classes predicted for view 0 of this rank's batch, per head.
+        per_head = [int(torch.unique(views[0].argmax(1)).numel()) for views in logits]
         record = {
             "epoch": epoch,
             "step": self.state.step,
@@ -1122,9 +1167,15 @@ class Trainer:
             "loss": float(dist.all_reduce_mean(loss.float())),
             "lr": lr,
             "img_per_s": round(img_per_s, 1),
-            "active_classes": classes,
+            "active_classes": per_head[0],
+            "active_classes_per_head": per_head,
             "skipped_steps": self.state.skipped_steps,
         }
+        if self._nn_hits is not None:
+            hits, queries = dist.all_reduce_sum(self._nn_hits).tolist()
+            self._nn_hits = None
+            if queries > 0:
+                record["nn_acc"] = round(hits / queries, 4)
         self._log_metrics(record)
         return record
 
@@ -1184,6 +1235,8 @@ class Trainer:
             return self._fit()
         finally:
             self.source.close()  # stop the loader's persistent workers
+            if self._board is not None:
+                self._board.close()
 
     def _fit(self) -> dict:
         cfg, state = self.cfg, self.state
@@ -1280,7 +1333,7 @@ class Trainer:
                         dtype=self.amp_dtype or torch.float32,
                         enabled=self.amp_dtype is not None,
                     ):
-                        logits, _ = self.net(views, None)
+                        logits, _, _ = self.net(views, None)
                     total += head_losses(
                         logits, cfg.loss.row_tau, cfg.loss.col_tau, cfg.loss.eps,
                         cfg.augment.global_crops,

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # Small, quick models for end-to-end runs: the point is the plumbing, not accuracy.
@@ -90,3 +91,12 @@ def folder_run(tmp_path_factory):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return out, data
+
+
+def gaussian_blobs(n_per_class: int, dim: int, num_classes: int, spread: float, seed: int):
+    """Well separated blobs: class c is centred on a random direction scaled by 10."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 10 * torch.nn.functional.normalize(torch.randn(num_classes, dim, generator=g), dim=1)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    feats = centres[labels] + spread * torch.randn(len(labels), dim, generator=g)
+    return feats, labels

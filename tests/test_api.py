@@ -28,7 +28,8 @@ def setup(tmp_path_factory):
 
 def test_public_names():
     for name in ("SelfClassifier", "SelfClassifierLoss", "self_classifier_loss", "load",
-                 "Predictor", "build_backbone", "Config"):  # fmt: skip
+                 "Predictor", "build_backbone", "Config", "build_optimizer", "lr_schedule",
+                 "model_from_checkpoint"):  # fmt: skip
         assert name in selfclassifier.__all__ and hasattr(selfclassifier, name)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import gaussian_blobs
 
 from selfclassifier.evaluate import (
     kmeans_metrics,
@@ -14,16 +15,6 @@ from selfclassifier.evaluate import (
     load_superclass_mapping,
     relabel,
 )
-
-
-def gaussian_blobs(n_per_class: int, dim: int, num_classes: int, spread: float, seed: int):
-    """Well separated blobs: class c is centred on a random direction scaled by 10."""
-    g = torch.Generator().manual_seed(seed)
-    centres = 10 * torch.nn.functional.normalize(torch.randn(num_classes, dim, generator=g), dim=1)
-    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
-    feats = centres[labels] + spread * torch.randn(len(labels), dim, generator=g)
-    return feats, labels
-
 
 # ----------------------------------------------------------------------------- kNN
 
@@ -151,6 +142,16 @@ def test_superclass_mapping_parses(tmp_path):
 def test_superclass_mapping_errors(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
         load_superclass_mapping(write(tmp_path, text), CLASSES)
+
+
+def test_superclass_mapping_may_cover_part_of_the_classes(tmp_path):
+    path = write(tmp_path, "cat\tmammal\noak\ttree\ndog\tmammal\n")
+    fine_to_super, names = load_superclass_mapping(path, CLASSES, allow_missing=True)
+    assert names == ["mammal", "tree"] and fine_to_super.tolist() == [0, 0, 1, -1, -1]
+    # Classes without a superclass are unknown to the superclass scores.
+    assert relabel([0, 2, 3, 4, -1], fine_to_super).tolist() == [0, 1, -1, -1, -1]
+    with pytest.raises(ValueError, match="no class of the data has a superclass"):
+        load_superclass_mapping(write(tmp_path, "# nothing\n"), CLASSES, allow_missing=True)
 
 
 def test_superclass_missing_lists_only_a_few(tmp_path):

@@ -16,6 +16,7 @@ from selfclassifier.cli import main
 from selfclassifier.config import AugmentConfig
 from selfclassifier.data import DataError, TensorImageDataset, build_dataset, write_idx
 from selfclassifier.evaluate import kmeans_metrics, knn_top1
+from selfclassifier.evaluate_authors import kmeans_authors
 from selfclassifier.evaluation import (
     features_of,
     head_scores,
@@ -25,6 +26,7 @@ from selfclassifier.evaluation import (
     probe_source,
     superclass_mapping,
     superclass_scores,
+    superclass_scores_authors,
 )
 from selfclassifier.inference import Outputs
 
@@ -116,7 +118,8 @@ def test_evaluate_defaults_reproduce_training_scores(digits_run, tmp_path):
     """No --data: the recorded data and split, so the heads match train's eval.json."""
     # The batch size of training's own evaluation, so even float ties break the same way.
     result = evaluate_json(tmp_path, str(digits_run / "checkpoint.pt"), "--batch-size", "512")
-    assert set(result) == {"checkpoint", "data", "features", "heads"}
+    assert set(result) == {"checkpoint", "data", "features", "heads", "heads_protocol"}
+    assert result["heads_protocol"] == "ours"
     assert result["data"] == {"path": "digits", "split": "test", "samples": 450}
     trained = json.loads((digits_run / "eval.json").read_text())["heads"]
     assert len(result["heads"]) == len(trained)
@@ -132,8 +135,11 @@ def test_evaluate_every_protocol(digits_run, tmp_path, capsys):
         tmp_path, ckpt, "--knn", "--linear", "--kmeans", "--superclasses", str(parity)
     )
     assert set(result) == {
-        "checkpoint", "data", "features", "heads", "knn", "linear", "kmeans", "superclasses"
+        "checkpoint", "data", "features", "heads", "heads_protocol", "knn", "linear", "kmeans",
+        "superclasses",
     }  # fmt: skip
+    for key in ("knn", "linear", "kmeans", "superclasses"):
+        assert result[key]["protocol"] == "ours", key
     assert result["features"] == "backbone"
     assert [h["classes"] for h in result["heads"]] == [10, 20]
     for head in result["heads"]:
@@ -193,6 +199,127 @@ def test_superclass_scores_known_answers(tmp_path):
         assert ours == pytest.approx(fine)
 
 
+# ----------------------------------------------------------------------------- the authors'
+
+
+AUTHORS_REPO = "elad-amrani/self-classifier"
+
+
+def test_evaluate_both_protocols_side_by_side(digits_run, tmp_path, capsys):
+    ckpt = str(digits_run / "checkpoint.pt")
+    parity = tmp_path / "parity.tsv"
+    parity.write_text("".join(f"{d}\t{'eo'[d % 2]}\n" for d in range(10)))
+    result = evaluate_json(
+        tmp_path, ckpt, "--knn", "--linear", "--kmeans", "--superclasses", str(parity),
+        "--protocol", "both", "--linear-epochs", "1", "--linear-batch-size", "512",
+    )  # fmt: skip
+    ours = {"knn", "linear", "kmeans", "superclasses"}
+    theirs = {f"{key}_authors" for key in ours | {"heads"}}
+    assert (
+        set(result) == {"checkpoint", "data", "features", "heads", "heads_protocol"} | ours | theirs
+    )
+    assert result["heads_protocol"] == "ours"
+    for key in ours:
+        assert result[key]["protocol"] == "ours", key
+    for key in theirs:
+        assert result[key]["protocol"] == "authors", key
+        assert result[key]["reference"].startswith(AUTHORS_REPO + " src/"), key
+    assert result["knn"]["k"] == 20 and result["knn"]["temperature"] == 0.07  # ours unchanged
+
+    knn = result["knn_authors"]
+    assert knn["k"] == [10, 20, 100, 200] and knn["temperature"] == 0.1
+    assert (knn["memory_samples"], knn["query_samples"]) == (1347, 450)
+    assert list(knn["top1_by_k"]) == ["10", "20", "100", "200"]
+    assert result["kmeans_authors"]["k"] == 10 and result["kmeans_authors"]["samples"] == 450
+
+    linear = result["linear_authors"]
+    assert (linear["epochs"], linear["batch_size"], linear["lr"]) == (1, 512, 0.8)
+    assert linear["features"] == "backbone" and linear["memory_samples"] == 1347
+    assert 0.0 <= linear["top1"] <= linear["best_top1"] <= 1.0
+
+    # Heads: NMI is the same formula; ACC differs only where a head over-clusters.
+    heads = result["heads_authors"]
+    assert heads["samples"] == 450
+    for mine, authors in zip(result["heads"], heads["heads"], strict=True):
+        assert authors["classes"] == mine["classes"]
+        assert authors["nmi"] == pytest.approx(mine["nmi"])
+        assert mine["acc"] - 1e-9 <= authors["acc"] <= mine.get("acc_many_to_one", 1.0) + 1e-9
+    # Superclasses: theirs keeps NMI against the fine labels, ours is against the superclasses.
+    sup = result["superclasses_authors"]
+    assert (sup["classes"], sup["fine_classes"], sup["samples"]) == (2, 10, 450)
+    for fine, authors in zip(heads["heads"], sup["heads"], strict=True):
+        assert authors["nmi"] == pytest.approx(fine["nmi"])
+        assert authors["acc"] >= fine["acc"] - 1e-9  # a right fine match is a right superclass
+
+    printed = capsys.readouterr().out
+    assert "kNN, authors' protocol (T=0.1" in printed and "k=200" in printed
+    assert "linear probe, authors' recipe (1 epochs" in printed
+    assert "superclasses, authors' scoring (2, from" in printed
+
+
+def test_authors_knn_and_kmeans_on_pixels_known_answer(tmp_path):
+    """On raw pixels (no model) the authors' kNN and k-means are numbers we can compute here:
+    memory = digits' train split, queries = its test split."""
+    args = ("--knn", "--kmeans", "--features", "pixels", "--data", "digits", "--split", "test")
+    result = evaluate_json(tmp_path, *args, "--protocol", "authors")
+    assert set(result) == {"checkpoint", "data", "features", "knn_authors", "kmeans_authors"}
+    train, test = (build_dataset("digits", split) for split in ("train", "test"))
+    raw = [ds.images.flatten(1).float() / 255 for ds in (train, test)]
+    for k, top1 in result["knn_authors"]["top1_by_k"].items():
+        expected = knn_top1(raw[0], train.targets, raw[1], test.targets, int(k), temperature=0.1)
+        assert top1 == pytest.approx(expected, abs=1e-6), k
+    kmeans = result["kmeans_authors"]
+    expected = kmeans_authors(raw[0], raw[1], test.targets, k=10)
+    assert {m: kmeans[m] for m in expected} == pytest.approx(expected, abs=1e-6)
+    assert kmeans["acc"] > 0.6  # pixels of digits cluster well
+
+
+def test_evaluate_authors_only_with_a_partial_mapping(digits_run, tmp_path, capsys):
+    """BREEDS-like: the mapping covers digits 0-5 only. Ours refuses it, theirs scores the
+    images of those classes."""
+    ckpt = str(digits_run / "checkpoint.pt")
+    partial = tmp_path / "partial.tsv"
+    partial.write_text("0\tlow\n1\tlow\n2\tlow\n3\thigh\n4\thigh\n5\thigh\n")
+    args = [ckpt, "--superclasses", str(partial), "--device", "cpu", "--workers", "0"]
+    assert main(["evaluate", *args]) == 2
+    assert "4 class(es) have no superclass" in capsys.readouterr().err
+    result = evaluate_json(tmp_path, ckpt, "--superclasses", str(partial), "--protocol", "authors")
+    assert set(result) == {
+        "checkpoint", "data", "features", "heads", "heads_protocol", "heads_authors",
+        "superclasses_authors",
+    }  # fmt: skip
+    sup = result["superclasses_authors"]
+    test_labels = build_dataset("digits", "test").targets
+    assert sup["fine_classes"] == 6 and sup["samples"] == int((test_labels < 6).sum())
+    assert sup["names"] == ["high", "low"]
+
+
+def test_superclass_scores_authors_match_at_the_fine_level(tmp_path):
+    names = ["cat", "dog", "oak", "trout"]
+    labels = [1, 1, 1, 1, 0, 0, 2, 2, 3]
+    # Cluster 1 holds a dog and two cats: matched to cat, so the dog is right as an animal.
+    out = fake_outputs(labels, [[0, 0, 0, 1, 1, 1, 2, 2, 2]], [3])
+    mapping = tmp_path / "map.tsv"
+    mapping.write_text("cat\tanimal\ndog\tanimal\noak\tplant\n")  # no trout
+    ds = TensorImageDataset(torch.zeros(9, 1, 2, 2, dtype=torch.uint8), labels, names)
+    fine_to_super, super_names = superclass_mapping(str(mapping), ds, allow_missing=True)
+    assert fine_to_super.tolist() == [0, 0, 1, -1]
+    sup = superclass_scores_authors(out, fine_to_super, super_names, str(mapping))
+    assert sup["samples"] == 8 and sup["fine_classes"] == 3  # the trout is left out
+    assert sup["heads"][0]["acc"] == 1.0
+    # Ours matches the three clusters to the two superclasses directly: 5 of 8 (trout unscored).
+    assert superclass_scores(out, fine_to_super, super_names)["heads"][0]["acc"] == 5 / 8
+    with pytest.raises(DataError, match="1 class\\(es\\) have no superclass"):
+        superclass_mapping(str(mapping), ds)
+
+
+def test_authors_linear_probe_needs_a_model(capsys):
+    args = ["--linear", "--features", "pixels", "--data", "digits", "--protocol", "authors"]
+    assert main(["evaluate", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give a CHECKPOINT" in err[0]
+
+
 def test_feature_kinds_pick_outputs():
     out = Outputs(torch.ones(2, 3), torch.zeros(2, 2), [], torch.tensor([0, 1]), torch.zeros(2, 4))
     aug = AugmentConfig(mean=[0.25], std=[0.5])
@@ -213,7 +340,7 @@ def test_evaluate_pixel_features_known_answer(digits_run, tmp_path):
     assert result["knn"]["top1"] == pytest.approx(expected, abs=1e-6)
     assert expected > 0.9  # sklearn's digits are easy for kNN on pixels
     kmeans = kmeans_metrics(raw[1], test.targets, k=10)
-    assert result["kmeans"] == pytest.approx({"k": 10, **kmeans}, abs=1e-6)
+    assert result["kmeans"] == pytest.approx({"k": 10, **kmeans, "protocol": "ours"}, abs=1e-6)
 
 
 def test_pixel_baselines_need_no_checkpoint(digits_run, tmp_path):
@@ -332,6 +459,20 @@ def test_evaluate_folder_without_splits_uses_a_holdout(folder_run, tmp_path):
     assert result["kmeans"]["k"] == 3
     # Three flat colours: any non-degenerate feature separates them.
     assert knn["top1"] == 1.0 and result["linear"]["top1"] == 1.0
+
+
+def test_authors_protocols_on_image_files_with_a_holdout(folder_run, tmp_path):
+    """The authors' linear probe decodes and crops the memory's files (the hold-out's 75%)."""
+    out, _ = folder_run
+    args = ("--knn", "--linear", "--kmeans", "--protocol", "authors", "--linear-epochs", "2")
+    result = evaluate_json(tmp_path, str(out / "checkpoint.pt"), *args)
+    for key in ("knn_authors", "linear_authors", "kmeans_authors"):
+        record = result[key]
+        assert (record["memory_samples"], record["query_samples"]) == (18, 6), key
+        assert "hold-out" in record["memory"] and record["protocol"] == "authors"
+    assert result["knn_authors"]["top1_by_k"]["10"] == 1.0  # three flat colours
+    assert 0.0 <= result["linear_authors"]["top1"] <= result["linear_authors"]["best_top1"] <= 1
+    assert "knn" not in result and "linear" not in result and "kmeans" not in result
 
 
 def test_report_on_digits(digits_run, tmp_path, capsys):

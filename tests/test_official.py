@@ -203,7 +203,10 @@ def test_convert_cli_gives_the_logits_of_the_raw_tensors(release, tmp_path):
     model, cfg, ckpt = model_from_checkpoint(out)  # weights_only=True load
     assert cfg.model.backbone == "resnet18"
     assert cfg.model.heads == [7, 11] and cfg.model.out_dim == 16 and cfg.model.hidden_dim == 32
-    assert cfg.model.batch_norm and cfg.model.mlp_layers == 2 and cfg.model.head_scale
+    assert cfg.model.batch_norm and cfg.model.mlp_layers == 2 and cfg.model.head_norm == "learnt"
+    # their learnt g is the heads' norm, a parameter that training continues
+    assert all(h.scale.requires_grad for h in model.heads)
+    torch.testing.assert_close(model.heads[1].scale, state["module.cls_1.weight_g"].reshape(-1))
     assert ckpt["source"]["epoch"] == 800
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -222,7 +225,7 @@ def test_mlp_shapes_are_inferred(tmp_path, nlayers, use_bn):
                               nlayers=nlayers, use_bn=use_bn)  # fmt: skip
     ckpt, _ = convert_official(tmp_path / "m.pth")
     m = ckpt["config"]["model"]
-    assert (m["mlp_layers"], m["batch_norm"], m["head_scale"]) == (nlayers, use_bn, False)
+    assert (m["mlp_layers"], m["batch_norm"], m["head_norm"]) == (nlayers, use_bn, "learnt")
     if nlayers == 1:
         x = torch.randn(2, 3, 32, 32)
         model, _, _ = _model_of(ckpt, tmp_path)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfclassifier.report import write_report
+from selfclassifier.embedding_map import MAP_PX, class_colours, layout_2d, to_pixels
+from selfclassifier.report import summarize_classes, write_report
 
 NAMES = ["zero", "one", "<b>&x", "three", "four"]
 NUM_CLASSES = 7  # labels use 0..4, so classes 5 and 6 stay empty
@@ -27,6 +28,13 @@ def synthetic(n=60, seed=0):
     images = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
     confidences = rng.uniform(0.2, 1.0, n)
     return images, preds, confidences, labels
+
+
+def clustered_embeddings(labels, dim=16, seed=0):
+    """One tight group of embeddings per label, so a map has something to separate."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(labels.max() + 1, dim))
+    return centres[labels] + 0.2 * rng.normal(size=(len(labels), dim))
 
 
 def make_report(out_dir, images=None, **kwargs):
@@ -46,14 +54,23 @@ def make_report(out_dir, images=None, **kwargs):
 class _PageParser(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.imgs, self.sections = [], []
+        self.imgs, self.sections, self.links, self.ids, self.areas = [], [], [], set(), []
+        self.rows = []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
         if tag == "img":
             self.imgs.append(attrs)
         elif tag == "section":
             self.sections.append(attrs)
+        elif tag == "a":
+            self.links.append(attrs.get("href", ""))
+        elif tag == "area":
+            self.areas.append(attrs)
+        elif tag == "tr" and "data-head" in attrs:
+            self.rows.append(attrs)
 
 
 def parse(index: pathlib.Path) -> _PageParser:
@@ -202,6 +219,94 @@ def test_invalid_inputs_raise_clear_errors(tmp_path, change, message):
         write_report(tmp_path, num_classes=NUM_CLASSES, labels=labels, **args)
 
 
+# ----------------------------------------------------------------------------- embedding map
+
+
+def map_report(out_dir, **kwargs):
+    _, _, _, labels = synthetic()
+    return make_report(out_dir, embeddings=clustered_embeddings(labels), **kwargs)
+
+
+def test_map_png_has_its_size_and_one_colour_per_class(tmp_path):
+    _, preds, confidences, labels = synthetic()
+    index = map_report(tmp_path)
+    image = Image.open(tmp_path / "map.png")
+    assert image.size == (MAP_PX, MAP_PX) and image.mode == "RGB"
+    # Where t-SNE put each image, the dot carries the colour of the image's class.
+    layout = layout_2d(clustered_embeddings(labels), seed=0, method="tsne")
+    points = to_pixels(layout.xy, MAP_PX, pad=4 * 3 + 8)
+    colours = class_colours(c.class_id for c in summarize_classes(preds, confidences))
+    pixels = np.asarray(image)
+    hits = [
+        tuple(pixels[y, x]) == colours[preds[i]]
+        for i, (x, y) in zip(layout.indices, points, strict=True)
+    ]
+    assert np.mean(hits) > 0.8  # the rest lie under a later dot or a class id
+    counts = {c: int(np.all(pixels == c, axis=-1).sum()) for c in colours.values()}
+    assert all(n > 100 for n in counts.values()), counts
+    page = index.read_text(encoding="utf-8")
+    assert "t-SNE of the embeddings of 60 of 60 images" in page
+    for c, (r, g, b) in colours.items():  # the legend shows the same colours
+        assert f'<a href="#class-{c}"><i style="background:#{r:02x}{g:02x}{b:02x}">' in page
+
+
+def test_map_links_lead_to_class_sections(tmp_path):
+    page = parse(map_report(tmp_path, max_classes=3))
+    sections = {f"class-{s['data-class']}" for s in page.sections}
+    assert len(sections) == 3
+    area_targets = {a["href"][1:] for a in page.areas}
+    assert area_targets == sections  # only classes with a section are clickable
+    for area in page.areas:
+        x, y, r = map(int, area["coords"].split(","))
+        assert 0 <= x < MAP_PX and 0 <= y < MAP_PX and r > 0
+    map_img = next(i for i in page.imgs if i.get("id") == "embedding-map-image")
+    assert map_img["usemap"] == "#class-map" and (tmp_path / map_img["src"]).is_file()
+    assert all(link[1:] in page.ids for link in page.links if link.startswith("#"))
+    text = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "2 more classes without a section" in text
+    assert_img_srcs_resolve(tmp_path / "index.html")
+
+
+def test_map_is_deterministic_for_a_seed(tmp_path):
+    map_report(tmp_path / "a", map_points=40, map_seed=5)
+    map_report(tmp_path / "b", map_points=40, map_seed=5)
+    map_report(tmp_path / "c", map_points=40, map_seed=6)
+    first = (tmp_path / "a" / "map.png").read_bytes()
+    assert first == (tmp_path / "b" / "map.png").read_bytes()
+    assert first != (tmp_path / "c" / "map.png").read_bytes()
+    page = (tmp_path / "a" / "index.html").read_text(encoding="utf-8")
+    assert "40 of 60 images (a random subset, seed 5)" in page
+    assert page == (tmp_path / "b" / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("embeddings, points", [(False, 3000), (True, 0), (True, 4)])
+def test_no_map_without_embeddings_or_points(tmp_path, embeddings, points):
+    emb = clustered_embeddings(synthetic()[3]) if embeddings else None
+    page = make_report(tmp_path, embeddings=emb, map_points=points).read_text(encoding="utf-8")
+    assert not (tmp_path / "map.png").exists() and 'id="embedding-map"' not in page
+
+
+def test_heads_table_compares_every_head(tmp_path):
+    heads = [
+        {"classes": 5, "active_classes": 5, "size_entropy": 0.97, "silhouette": 0.31},
+        {"classes": 10, "active_classes": 9, "size_entropy": 0.9, "silhouette": 0.42,
+         "nmi": 0.8, "selection_loss": 0.2, "selected": True},
+        {"classes": 40, "active_classes": 1, "size_entropy": 0.0, "silhouette": None},
+    ]  # fmt: skip
+    index = make_report(tmp_path, heads=heads, head_index=1)
+    rows = parse(index).rows
+    assert [r["data-head"] for r in rows] == ["0", "1", "2"]
+    assert [r.get("class") for r in rows] == [None, "current", None]
+    page = index.read_text(encoding="utf-8")
+    table = page[
+        page.index('<table class="metrics heads"') : page.index("</table>", page.index("heads"))
+    ]
+    for header in ("active classes", "size entropy", "silhouette", "selection loss", "NMI"):
+        assert f"<th>{header}</th>" in table
+    assert '<td class="best">0.4200</td>' in table and "<th>1*</th>" in table
+    assert table.count('class="best"') == 1
+
+
 # ----------------------------------------------------------------------------- browser
 
 
@@ -242,14 +347,18 @@ def run_headless(chromium: str, profile: pathlib.Path, *args: str) -> str:
 
 def test_every_image_loads_in_headless_chromium(tmp_path):
     chromium = require_chromium()
-    index = make_report(tmp_path / "report", metrics={"nmi": 0.5123, "acc": 0.7})
+    index = map_report(tmp_path / "report", metrics={"nmi": 0.5123, "acc": 0.7})
     url = index.resolve().as_uri()
 
     dom = run_headless(chromium, tmp_path / "profile", "--dump-dom", url)
     body = re.search(r"<body([^>]*)>", dom)
     assert body, dom[:2000]
     counts = dict(re.findall(r'data-([a-z-]+)-images="(\d+)"', body.group(1)))
-    assert counts == {"total": "60", "loaded": "60", "lazy-pending": "0", "broken": "0"}
+    # 60 thumbnails, the map, and one thumbnail per class in the map's legend
+    assert counts == {"total": "66", "loaded": "66", "lazy-pending": "0", "broken": "0"}
+    # the map decoded at its size; its 5 areas and 5 legend links all have a target
+    found = dict(re.findall(r'data-map-([a-z-]+)="([^"]*)"', body.group(1)))
+    assert found == {"rendered": f"{MAP_PX}x{MAP_PX}", "links": "10", "dead-links": "0"}
 
     shot = tmp_path / "report.png"
     run_headless(
@@ -261,3 +370,45 @@ def test_every_image_loads_in_headless_chromium(tmp_path):
     colours = image.getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 50  # text, bars and thumbnails, not a blank page
     assert shot.stat().st_size > 20_000
+    # the whole map is on screen, unscaled: each class colour covers at least as many pixels
+    # of the screenshot as of map.png (the legend's swatches add a few)
+    pixels = np.asarray(image).astype(int)
+    drawn = np.asarray(Image.open(tmp_path / "report" / "map.png")).astype(int)
+    _, preds, confidences, _ = synthetic()
+    for c, rgb in class_colours(s.class_id for s in summarize_classes(preds, confidences)).items():
+        on_map = int(np.all(drawn == rgb, axis=-1).sum())
+        on_screen = int((np.abs(pixels - rgb).max(axis=-1) <= 2).sum())
+        assert on_screen >= on_map > 100, (c, rgb, on_screen, on_map)
+
+
+def test_report_command_on_digits_draws_the_map_in_headless_chromium(digits_run, tmp_path):
+    """`selfclassifier report` on a trained digits run: every head's label-free scores, and
+    the map of all 450 images (default --map-points), whole and linked, in a real browser."""
+    from selfclassifier.cli import main
+
+    report = tmp_path / "report"
+    ckpt = str(digits_run / "checkpoint.pt")
+    assert main(["report", ckpt, "--out", str(report), "--device", "cpu"]) == 0
+    index = report / "index.html"
+    page = parse(index)
+    assert [r["data-head"] for r in page.rows] == ["0", "1"]
+    text = index.read_text(encoding="utf-8")
+    assert "<th>silhouette</th>" in text and "<th>size entropy</th>" in text
+    assert "t-SNE of the embeddings of 450 of 450 images" in text
+    assert Image.open(report / "map.png").size == (MAP_PX, MAP_PX)
+    assert {a["href"][1:] for a in page.areas} <= {
+        f"class-{s['data-class']}" for s in page.sections
+    }
+    assert all(link[1:] in page.ids for link in page.links if link.startswith("#"))
+
+    chromium = require_chromium()
+    dom = run_headless(chromium, tmp_path / "profile", "--dump-dom", index.resolve().as_uri())
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, dom[:2000]
+    counts = dict(re.findall(r'data-([a-z-]+)-images="(\d+)"', body.group(1)))
+    assert counts["broken"] == "0"
+    found = dict(re.findall(r'data-map-([a-z-]+)="([^"]*)"', body.group(1)))
+    assert found["rendered"] == f"{MAP_PX}x{MAP_PX}" and found["dead-links"] == "0"
+
+    assert main(["report", ckpt, "--out", str(tmp_path / "none"), "--map-points", "0"]) == 0
+    assert not (tmp_path / "none" / "map.png").exists()
