@@ -33,8 +33,10 @@ def scores_from_eval_json(run: Path) -> list[dict] | None:
 
 def scores_from_checkpoint(run: Path, features: str, device: str) -> list[dict]:
     """Every head's scores on the run's training data, the silhouette on ``features``."""
-    from selfclassifier.evaluation import data_spec, head_scores, load_run, open_data
-    from selfclassifier.metrics import silhouettes
+    from selfclassifier.evaluate.metrics import silhouettes
+    from selfclassifier.evaluate.probes import data_spec, open_data
+    from selfclassifier.evaluate.scores import head_scores
+    from selfclassifier.inference import load_run
 
     loaded = load_run(run / "checkpoint.pt", device)
     spec, split = data_spec(loaded.cfg, None, None)

@@ -14,8 +14,8 @@ import torch
 sys.path.insert(0, os.environ.get("KORNIA_PATH", ""))
 import kornia.augmentation as K  # noqa: E402
 
-from selfclassifier.augment import BatchedPhotometric  # noqa: E402
 from selfclassifier.config import load_config  # noqa: E402
+from selfclassifier.views import BatchedPhotometric  # noqa: E402
 
 torch.set_num_threads(1)
 cfg = load_config("imagenet").augment

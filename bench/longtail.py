@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from selfclassifier.data import FASHION_MNIST_DIR, load_idx_dataset, write_idx
+from selfclassifier.data.arrays import FASHION_MNIST_DIR, load_idx_dataset, write_idx
 
 LARGEST, SMALLEST, SEED = 6000, 600, 0
 

@@ -7,11 +7,11 @@ representations from unlabelled images in one end-to-end stage.
 """
 
 from selfclassifier.api import Predictor, load
-from selfclassifier.backbones import BACKBONES, build_backbone
-from selfclassifier.checkpoint import model_from_checkpoint
 from selfclassifier.config import Config, load_config
 from selfclassifier.loss import SelfClassifierLoss, self_classifier_loss
 from selfclassifier.model import SelfClassifier
+from selfclassifier.model.backbones import BACKBONES, build_backbone
+from selfclassifier.model.build import model_from_checkpoint
 from selfclassifier.optim import build_optimizer, lr_schedule
 
 __version__ = "0.1.0"

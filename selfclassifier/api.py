@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,24 +17,26 @@ import numpy as np
 import torch
 from PIL import Image
 
-from selfclassifier.augment import eval_transform
-from selfclassifier.checkpoint import model_from_checkpoint, selection_losses_of
 from selfclassifier.config import Config
-from selfclassifier.data import DataError, UnreadableImage, open_image
-from selfclassifier.metrics import default_head
+from selfclassifier.data.decode import DataError, UnreadableImage, open_image
+from selfclassifier.inference import LoadedRun, load_run
 from selfclassifier.model import SelfClassifier
 
 ImageLike = Image.Image | str | os.PathLike | np.ndarray
 Images = ImageLike | Sequence[ImageLike] | torch.Tensor
 
 
-class Predictor:
+class Predictor(LoadedRun):
     """A trained Self-Classifier in eval mode with the preprocessing it was trained with.
 
     Inputs (``images``) may be a PIL image, a path, a uint8 numpy array (H, W[, C]), a list
     mixing those, or a tensor batch (B, C, H, W): uint8 tensors are raw pixels and get the
     same resize / crop / normalisation as files, float tensors are taken as model input that
     is already resized and normalised (the ONNX export's input).
+
+    A :class:`~selfclassifier.inference.LoadedRun` (the one type every tool loads a run as)
+    that takes images: :func:`load` makes one from a checkpoint; ``info`` is a checkpoint's
+    ``data`` entry.
     """
 
     def __init__(
@@ -44,24 +47,36 @@ class Predictor:
         device: torch.device,
         selection_loss: list[float] | None = None,
     ):
-        self.model, self.config, self.device = model.to(device).eval(), cfg, device
-        #: each head's loss after training, when candidate heads were scored (else [])
-        self.selection_loss = list(selection_loss or [])
-        #: the head :meth:`predict` uses by default: 0, or the selected one among candidates
-        self.default_head = default_head(self.model.num_classes, self.selection_loss)
-        self.channels = int(info.get("channels", 3))
-        self.image_size = cfg.augment.global_size
-        #: names of the labelled classes the model was trained on (if any), not its clusters
-        self.class_names: list[str] = list(info.get("classes") or [])
-        # in-memory datasets (digits, IDX) were seen whole, files with a 0.875 centre crop
-        in_memory = bool(info.get("in_memory", False))
-        self._transform = eval_transform(cfg.augment, self.channels, from_files=not in_memory)
-        self._mode = "L" if self.channels == 1 else "RGB"
+        super().__init__(model, cfg, {"data": info}, device, selection_loss=selection_loss or [])
+
+    @classmethod
+    def of(cls, run: LoadedRun) -> Predictor:
+        """The predictor of a loaded run: the same model, checkpoint and device."""
+        predictor = cls.__new__(cls)
+        LoadedRun.__init__(
+            predictor, run.model, run.cfg, run.ckpt, run.device, run.path, run.selection_loss
+        )
+        return predictor
 
     @property
-    def num_classes(self) -> list[int]:
-        """Classes of each head."""
-        return self.model.num_classes
+    def config(self) -> Config:
+        """The run's config (``cfg``)."""
+        return self.cfg
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square model input (``augment.global_size``)."""
+        return self.cfg.augment.global_size
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the labelled classes the model was trained on (if any), not its clusters."""
+        return list(self.data.classes)
+
+    @functools.cached_property
+    def _transform(self):
+        # in-memory datasets (digits, IDX) were seen whole, files with a 0.875 centre crop
+        return self.transform(from_files=not self.data.in_memory)
 
     def __repr__(self) -> str:
         return (
@@ -92,7 +107,7 @@ class Predictor:
     def _as_pil(self, item: ImageLike) -> Image.Image:
         if isinstance(item, str | os.PathLike):
             try:
-                return open_image(str(item), self._mode)
+                return open_image(str(item), self.mode)
             except UnreadableImage as e:
                 raise DataError(f"cannot read image '{Path(item)}': {e}") from None
             except FileNotFoundError:
@@ -104,7 +119,7 @@ class Predictor:
                 f"cannot use a {type(item).__name__} as an image; pass PIL images, paths, "
                 "numpy arrays or a tensor batch"
             )
-        return item.convert(self._mode)
+        return item.convert(self.mode)
 
     def _batches(self, images: Images, batch_size: int) -> Iterator[torch.Tensor]:
         if isinstance(images, torch.Tensor) or not isinstance(images, Sequence):
@@ -115,13 +130,12 @@ class Predictor:
 
     # ----------------------------------------------------------------- outputs
 
-    @torch.no_grad()
     def probabilities(self, images: Images, batch_size: int = 256) -> list[torch.Tensor]:
         """Class probabilities of every head, [(N, C_h)] (row softmax at ``loss.row_tau``)."""
         out: list[list[torch.Tensor]] = [[] for _ in self.model.heads]
         for batch in self._batches(images, batch_size):
-            for h, logits in enumerate(self.model(batch)):
-                out[h].append(torch.softmax(logits.float() / self.config.loss.row_tau, 1).cpu())
+            for h, p in enumerate(self.batch_probabilities(batch)):
+                out[h].append(p)
         return [torch.cat(p) for p in out]
 
     def predict(
@@ -151,10 +165,9 @@ class Predictor:
 
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
-    """Load a selfclassifier checkpoint (``train`` output or ``convert`` output) for inference.
+    """Load a selfclassifier checkpoint (``train`` output or ``convert`` output) for inference
+    on ``device`` (cpu, cuda, cuda:N or auto), through :func:`selfclassifier.inference.load_run`.
 
     Reading never runs code from the file (``torch.load(weights_only=True)``).
     """
-    model, cfg, ckpt = model_from_checkpoint(checkpoint, map_location="cpu")
-    selection = selection_losses_of(ckpt, len(model.heads))
-    return Predictor(model, cfg, ckpt.get("data", {}), torch.device(device), selection)
+    return Predictor.of(load_run(checkpoint, device))

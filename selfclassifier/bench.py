@@ -26,9 +26,12 @@ import torch
 from PIL import Image
 
 from selfclassifier.config import Config, ConfigError, load_config
-from selfclassifier.data import TensorImageDataset, build_dataset
+from selfclassifier.data.arrays import TensorImageDataset
+from selfclassifier.data.sources import build_dataset
 from selfclassifier.inference import dataset_channels
-from selfclassifier.train import Trainer, ViewSource, resolve_device
+from selfclassifier.train.loop import Trainer
+from selfclassifier.train.setup import resolve_device
+from selfclassifier.views.source import ViewSource
 
 
 def _smooth_image(rng: np.random.Generator, width: int, height: int, noise: float) -> Image.Image:

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from selfclassifier.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; ``str(e)`` is one line naming the key."""
 
 
 def _f(default, help: str, **kw):
@@ -52,7 +50,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = _f(
         "resnet18",
-        "Backbone name (see selfclassifier.backbones.BACKBONES). Use "
+        "Backbone name (see selfclassifier.model.backbones.BACKBONES). Use "
         "*_small or resnet20 for 8-64 px images.",
     )
     heads: list[int] = _f(

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from selfclassifier.errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -46,6 +48,43 @@ def is_main_process() -> bool:
 def launched_by_torchrun() -> bool:
     """True when torchrun (or a launcher setting its variables) started several processes."""
     return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_device(
+    name: str | torch.device = "auto", setting: str = "train.device"
+) -> torch.device:
+    """The device ``name`` asks for, for training and for the tools that load a run alike.
+
+    'auto' is CUDA when available, else the CPU. Under torchrun (several processes) 'auto'
+    and 'cuda' mean cuda:LOCAL_RANK, one GPU per process, and naming one GPU is refused:
+    every process would drive it. A name that is no device, CUDA without a CUDA device, or a
+    GPU index the machine lacks is a one-line ConfigError naming ``setting``, where the value
+    came from (``train.device``, or ``--device`` for predict, evaluate, report and load).
+    """
+    name = str(name)
+    shown = f"{setting} {name}" if setting.startswith("-") else f"{setting}={name}"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"{setting} {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{shown}: no CUDA device is available; use --device cpu")
+        if launched_by_torchrun():
+            if device.index is not None:
+                raise ConfigError(
+                    f"{shown} would put every process on one GPU; use --device cuda (or auto): "
+                    "process LOCAL_RANK then drives cuda:LOCAL_RANK"
+                )
+            device = torch.device("cuda", local_rank())
+        if (device.index or 0) >= count:
+            raise ConfigError(f"{shown}: this machine has cuda:0..cuda:{count - 1}")
+    return device
 
 
 def init_from_env(device_type: str, timeout_s: float = 1800) -> None:

@@ -27,9 +27,10 @@ from typing import TextIO
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from selfclassifier.augment import eval_transform
-from selfclassifier.data import DataError, UnreadableImage, open_image, scan_image_files
-from selfclassifier.evaluation import LoadedRun
+from selfclassifier.data.decode import DataError, UnreadableImage, open_image
+from selfclassifier.data.folders import scan_image_files
+from selfclassifier.errors import printable
+from selfclassifier.inference import LoadedRun
 
 __all__ = [
     "CSV_COLUMNS",
@@ -128,24 +129,22 @@ def predict_files(
             f"no image files found in {', '.join(inputs)} (folders are searched recursively "
             "for .jpg .png .bmp .gif .webp .tif .ppm .pgm files)"
         )
-    transform = eval_transform(run.cfg.augment, run.channels, from_files=True)
     loader = DataLoader(
-        _ImageFiles(paths, run.mode, transform),
+        _ImageFiles(paths, run.mode, run.transform(from_files=True)),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
     )
-    model, row_tau = run.model.eval(), run.cfg.loss.row_tau
+    run.model.eval()
     kept: list[torch.Tensor] = []
-    probs: list[list[torch.Tensor]] = [[] for _ in model.heads]
+    probs: list[list[torch.Tensor]] = [[] for _ in run.model.heads]
     unreadable = list(missing)
     for images, index, failed in loader:
         unreadable += [(paths[i], reason) for i, reason in failed]
         if images is None:
             continue
-        logits = model(images.to(run.device, non_blocking=True))
-        for h, head_logits in enumerate(logits):
-            probs[h].append(torch.softmax(head_logits.float() / row_tau, dim=1).cpu())
+        for h, p in enumerate(run.batch_probabilities(images)):
+            probs[h].append(p)
         kept.append(index)
     order = torch.cat(kept).tolist() if kept else []
     confidences, classes = [], []
@@ -165,9 +164,3 @@ def write_csv(rows: Iterable[tuple[str, int, int, float]], f: TextIO) -> int:
         writer.writerow([path, head, cls, f"{conf:.6f}"])
         count += 1
     return count
-
-
-def printable(path: str) -> str:
-    """``path`` on one line: undecodable bytes and control characters escaped."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -9,7 +9,8 @@ from PIL import Image
 from test_export import make_checkpoint
 
 import selfclassifier
-from selfclassifier.data import DataError, TensorImageDataset
+from selfclassifier.data.arrays import TensorImageDataset
+from selfclassifier.data.decode import DataError
 from selfclassifier.inference import eval_loader, run_model
 
 

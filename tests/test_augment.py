@@ -2,14 +2,9 @@ import pytest
 import torch
 from PIL import Image
 
-from selfclassifier.augment import (
-    BatchedMultiCrop,
-    ClassicMultiCrop,
-    gaussian_blur_batched,
-    random_crop_boxes,
-    view_specs,
-)
 from selfclassifier.config import AugmentConfig, load_config
+from selfclassifier.views import BatchedMultiCrop, ClassicMultiCrop, view_specs
+from selfclassifier.views.batched import gaussian_blur_batched, random_crop_boxes
 
 
 def recipe(**kw):

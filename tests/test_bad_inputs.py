@@ -16,7 +16,7 @@ import torch
 from test_data import BROKEN_FILES, VALID_FILES, noise, save, write_bytes
 
 from selfclassifier import cli
-from selfclassifier import train as train_module
+from selfclassifier.train import setup as train_setup
 
 TINY = [
     "--data", "digits", "--split", "test", "--epochs", "1", "--batch-size", "64",
@@ -30,13 +30,13 @@ TINY = [
 def dataset_reads(monkeypatch) -> list:
     """Records every dataset read, to prove a check ran before any work."""
     calls: list = []
-    real = train_module.build_dataset
+    real = train_setup.build_dataset
 
     def spy(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "build_dataset", spy)
+    monkeypatch.setattr(train_setup, "build_dataset", spy)
     return calls
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from selfclassifier.cli import main
-from selfclassifier.metrics import LABEL_FREE_NOTE
+from selfclassifier.evaluate.metrics import LABEL_FREE_NOTE
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "class_count.py"
 FREE_KEYS = {"active_classes", "size_entropy", "silhouette"}

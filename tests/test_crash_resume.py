@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from selfclassifier.train import TEST_KILL_ENV
+from selfclassifier.train.guards import TEST_KILL_ENV
 
 pytestmark = pytest.mark.slow
 

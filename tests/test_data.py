@@ -15,22 +15,21 @@ import torch
 from PIL import Image, features
 
 from selfclassifier import data
-from selfclassifier.data import (
-    DataError,
-    ImageFileDataset,
+from selfclassifier.data.arrays import (
     TensorImageDataset,
-    UnreadableImage,
-    UnreadableImageWarning,
-    build_dataset,
-    is_labelled,
     load_digits_dataset,
     load_idx_dataset,
-    load_image_folder,
-    open_image,
     read_idx,
-    scan_image_files,
     write_idx,
 )
+from selfclassifier.data.decode import (
+    DataError,
+    UnreadableImage,
+    UnreadableImageWarning,
+    open_image,
+)
+from selfclassifier.data.folders import ImageFileDataset, load_image_folder, scan_image_files
+from selfclassifier.data.sources import build_dataset, is_labelled
 
 # ----------------------------------------------------------------------------- helpers
 

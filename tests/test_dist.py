@@ -22,12 +22,13 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from selfclassifier import dist
-from selfclassifier.augment import BatchedMultiCrop
 from selfclassifier.config import AugmentConfig
 from selfclassifier.loss import SelfClassifierLoss
 from selfclassifier.model import SelfClassifier
 from selfclassifier.queue import NNQueue
-from selfclassifier.train import MultiCropForward, local_batches
+from selfclassifier.train.forward import MultiCropForward
+from selfclassifier.views import BatchedMultiCrop
+from selfclassifier.views.order import local_batches
 
 WORLD = 2
 BATCH = 8  # global

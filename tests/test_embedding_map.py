@@ -6,8 +6,8 @@ import types
 import numpy as np
 import pytest
 
-from selfclassifier import embedding_map
-from selfclassifier.embedding_map import (
+from selfclassifier.report import embedding_map
+from selfclassifier.report.embedding_map import (
     PALETTE,
     class_colours,
     layout_2d,

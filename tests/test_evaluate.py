@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import gaussian_blobs
 
-from selfclassifier.evaluate import (
+from selfclassifier.evaluate.protocols import (
     kmeans_metrics,
     knn_predict,
     knn_top1,

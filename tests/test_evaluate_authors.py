@@ -1,4 +1,4 @@
-"""The authors' evaluation protocols (selfclassifier.evaluate_authors) on answers known by hand."""
+"""The authors' evaluation protocols (selfclassifier.evaluate.authors) on answers known by hand."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from selfclassifier import evaluate_authors
 from selfclassifier.config import AugmentConfig
-from selfclassifier.evaluate import kmeans_metrics, knn_top1
-from selfclassifier.evaluate_authors import (
+from selfclassifier.evaluate import authors as evaluate_authors
+from selfclassifier.evaluate.authors import (
     authors_train_transform,
     cluster_scores_authors,
     kmeans_authors,
     knn_authors,
     linear_probe_authors,
 )
-from selfclassifier.metrics import cluster_metrics, hungarian_acc, many_to_one_acc
+from selfclassifier.evaluate.metrics import cluster_metrics, hungarian_acc, many_to_one_acc
+from selfclassifier.evaluate.protocols import kmeans_metrics, knn_top1
 
 # ----------------------------------------------------------------------------- kNN
 

@@ -14,21 +14,19 @@ from test_report import assert_img_srcs_resolve, parse, require_chromium, run_he
 
 from selfclassifier.cli import main
 from selfclassifier.config import AugmentConfig
-from selfclassifier.data import DataError, TensorImageDataset, build_dataset, write_idx
-from selfclassifier.evaluate import kmeans_metrics, knn_top1
-from selfclassifier.evaluate_authors import kmeans_authors
-from selfclassifier.evaluation import (
-    features_of,
+from selfclassifier.data.arrays import TensorImageDataset, write_idx
+from selfclassifier.data.decode import DataError
+from selfclassifier.data.sources import build_dataset
+from selfclassifier.evaluate.authors import kmeans_authors
+from selfclassifier.evaluate.probes import features_of, holdout_indices, probe_source
+from selfclassifier.evaluate.protocols import kmeans_metrics, knn_top1
+from selfclassifier.evaluate.scores import (
     head_scores,
-    holdout_indices,
-    load_run,
-    match_channels,
-    probe_source,
     superclass_mapping,
     superclass_scores,
     superclass_scores_authors,
 )
-from selfclassifier.inference import Outputs
+from selfclassifier.inference import Outputs, load_run, match_channels
 
 HEAD_KEYS = {"classes", "nmi", "ami", "ari", "acc"}
 WHERE_KEYS = {"memory", "memory_samples", "queries", "query_samples"}

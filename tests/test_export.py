@@ -10,10 +10,11 @@ import torch
 import torchvision
 from torch import nn
 
-from selfclassifier.checkpoint import FORMAT, build_model, model_from_checkpoint, save_atomic
 from selfclassifier.cli import main
 from selfclassifier.config import load_config
-from selfclassifier.export import DeployModel, export_onnx, export_torchscript
+from selfclassifier.interop.export import DeployModel, export_onnx, export_torchscript
+from selfclassifier.model.build import build_model, model_from_checkpoint
+from selfclassifier.storage import FORMAT, save_atomic
 
 
 def make_checkpoint(path, backbone: str, channels: int, size: int, heads=(10, 20)):

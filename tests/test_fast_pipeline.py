@@ -15,19 +15,19 @@ import pytest
 import torch
 from PIL import Image
 
-from selfclassifier import augment
-from selfclassifier.augment import (
+from selfclassifier.config import AugmentConfig, ConfigError, load_config
+from selfclassifier.data.decode import decode_image
+from selfclassifier.views import (
     BatchedMultiCrop,
     BatchedPhotometric,
     ClassicMultiCrop,
     MultiCropCutter,
-    _adjust_hue,
     compute_dtype,
     normalization,
-    rrc_params,
 )
-from selfclassifier.config import AugmentConfig, ConfigError, load_config
-from selfclassifier.data import decode_image
+from selfclassifier.views import batched as augment
+from selfclassifier.views.batched import _adjust_hue
+from selfclassifier.views.crops import rrc_params
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -15,12 +15,14 @@ import torch
 from PIL import Image
 from torch.overrides import TorchFunctionMode
 
-from selfclassifier import augment
-from selfclassifier.backbones import build_backbone, enable_activation_checkpointing
 from selfclassifier.config import load_config
+from selfclassifier.errors import TrainingError
+from selfclassifier.model.backbones import build_backbone, enable_activation_checkpointing
 from selfclassifier.optim import LARS, parameter_groups
 from selfclassifier.queue import NNQueue
-from selfclassifier.train import Trainer, TrainingError, ViewSource
+from selfclassifier.train.loop import Trainer
+from selfclassifier.views import batched as augment
+from selfclassifier.views.source import ViewSource
 
 TINY = {
     "model": {"backbone": "resnet20", "heads": [4, 6], "hidden_dim": 32, "out_dim": 16},
@@ -78,7 +80,7 @@ def test_cli_trains_through_the_fast_folder_path(jpeg_folder, tmp_path):
 @pytest.mark.parametrize("workers", [0, 1])
 def test_fast_views_are_reproducible_and_resume_mid_epoch(jpeg_folder, workers):
     cfg = tiny_config(jpeg_folder, augment={"pipeline": "fast"}, data={"workers": workers})
-    from selfclassifier.data import build_dataset
+    from selfclassifier.data.sources import build_dataset
 
     ds = build_dataset(str(jpeg_folder))
     source = ViewSource(ds, cfg, 3, torch.device("cpu"))
@@ -112,7 +114,7 @@ def test_a_process_with_live_loader_workers_still_exits(jpeg_folder, how):
     code = (
         "import sys, torch\n"
         "from selfclassifier.data import build_dataset\n"
-        "from selfclassifier.train import ViewSource\n"
+        "from selfclassifier.views import ViewSource\n"
         "from test_fast_training import tiny_config\n"
         f"cfg = tiny_config({str(jpeg_folder)!r}, augment={{'pipeline': 'fast'}}, "
         "data={'workers': 2})\n"
@@ -132,7 +134,7 @@ def test_a_process_with_live_loader_workers_still_exits(jpeg_folder, how):
 def test_gpu_stage_placement_gives_the_same_views(jpeg_folder, monkeypatch):
     """The batched stage runs in the workers on CPU and on the device otherwise: same views."""
     cfg = tiny_config(jpeg_folder, augment={"pipeline": "fast", "compute_dtype": "float32"})
-    from selfclassifier.data import build_dataset
+    from selfclassifier.data.sources import build_dataset
 
     ds = build_dataset(str(jpeg_folder))
     in_workers = list(ViewSource(ds, cfg, 3, torch.device("cpu")).epoch(0))

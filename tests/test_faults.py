@@ -18,18 +18,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfclassifier import checkpoint as ckpt_module
 from selfclassifier import cli
-from selfclassifier import train as train_module
-from selfclassifier.checkpoint import (
+from selfclassifier import storage as ckpt_module
+from selfclassifier.config import load_config
+from selfclassifier.data.folders import load_image_folder
+from selfclassifier.errors import TrainingError
+from selfclassifier.storage import (
     CheckpointError,
     CheckpointWriteError,
     check_writable,
     load_checkpoint,
     save_atomic,
 )
-from selfclassifier.config import load_config
-from selfclassifier.data import load_image_folder
+from selfclassifier.train import loop as train_module
+from selfclassifier.train.checkpoint import RunState, trim_metrics
+from selfclassifier.train.guards import StopNow
+from selfclassifier.views import LoaderRestartWarning, ViewSource
+from selfclassifier.views.workers import _ClassicViews
 
 # digits test split: 7 steps of 64 per epoch; checkpoints every 3 steps and at epoch ends.
 TINY = [
@@ -135,7 +140,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with torch.no_grad():
         next(trainer.model.heads.parameters()).fill_(float("inf"))
-    with pytest.raises(train_module.TrainingError, match="heads.0.* became non-finite"):
+    with pytest.raises(TrainingError, match="heads.0.* became non-finite"):
         trainer.save()
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
 
@@ -324,7 +329,7 @@ def test_dead_worker_restarts_the_epoch_where_it_stopped(tmp_path):
 
     def views(ds, workers: int) -> list[torch.Tensor]:
         cfg.data.workers = workers
-        source = train_module.ViewSource(ds, cfg, 3, device)
+        source = ViewSource(ds, cfg, 3, device)
         try:
             return [torch.cat(v) for v in source.epoch(0)]
         finally:
@@ -335,7 +340,7 @@ def test_dead_worker_restarts_the_epoch_where_it_stopped(tmp_path):
         warnings.simplefilter("always")
         got = views(_KillsItsWorkerOnce(folder, tmp_path / "fired"), 1)
     assert (tmp_path / "fired").exists()  # the worker did die
-    assert any(issubclass(w.category, train_module.LoaderRestartWarning) for w in record)
+    assert any(issubclass(w.category, LoaderRestartWarning) for w in record)
     assert len(got) == len(expected)
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
@@ -353,7 +358,7 @@ def test_failing_transform_falls_through_to_next_sample():
             raise ValueError("pathological image")
         return [image.float()]
 
-    views = train_module._ClassicViews(Flaky(), transform, seed=0)
+    views = _ClassicViews(Flaky(), transform, seed=0)
     with pytest.warns(UserWarning, match="skipping sample 1: ValueError"):
         (view,) = views[(0, 0, 1)]  # keys are (epoch, step, index)
     assert int(view.max()) == 2
@@ -366,10 +371,10 @@ def test_second_signal_stops_at_once(tmp_path):
     cfg = load_config("digits", {"data": {"split": "test"}, "train": {"batch_size": 64}})
     cfg.model.heads, cfg.train.device = [10], "cpu"
     trainer = train_module.Trainer(cfg, tmp_path, log=lambda m: None)
-    with trainer._signals():
+    with trainer.signals.installed():
         os.kill(os.getpid(), signal.SIGTERM)
-        assert trainer._stop_signal == signal.SIGTERM  # the first one only asks
-        with pytest.raises(train_module.StopNow) as stop:
+        assert trainer.signals.received == signal.SIGTERM  # the first one only asks
+        with pytest.raises(StopNow) as stop:
             os.kill(os.getpid(), signal.SIGINT)
             for _ in range(1000):  # the handler runs between bytecodes
                 pass
@@ -381,7 +386,7 @@ def test_metrics_of_lost_steps_are_trimmed(tmp_path):
     path = tmp_path / "metrics.jsonl"
     records = [{"global_step": s, "loss": 1.0} for s in range(1, 6)] + [{"epoch_end": 0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"global_st')
-    train_module._trim_metrics(path, train_module.RunState(epoch=0, step=3, global_step=3))
+    trim_metrics(path, RunState(epoch=0, step=3, global_step=3))
     kept = [json.loads(line) for line in path.open()]
     assert [r["global_step"] for r in kept] == [1, 2, 3]
 

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from selfclassifier.backbones import build_backbone
 from selfclassifier.config import from_dict, load_config
 from selfclassifier.loss import SelfClassifierLoss
 from selfclassifier.model import SelfClassifier
+from selfclassifier.model.backbones import build_backbone
 from selfclassifier.queue import NNQueue
-from selfclassifier.train import MultiCropForward
+from selfclassifier.train.forward import MultiCropForward
 
 HEADS = (10, 20)
 HIDDEN, DIM = 64, 16

@@ -11,11 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import selfclassifier
-from selfclassifier.checkpoint import load_checkpoint, selection_losses_of
 from selfclassifier.config import load_config, parse_set
+from selfclassifier.evaluate.metrics import SELECTED_NOTE, format_table
+from selfclassifier.heads import select_heads, selection_losses_of
 from selfclassifier.loss import head_losses, self_classifier_loss
-from selfclassifier.metrics import SELECTED_NOTE, format_table, select_heads
-from selfclassifier.train import Trainer
+from selfclassifier.storage import load_checkpoint
+from selfclassifier.train.loop import Trainer
 
 
 @given(

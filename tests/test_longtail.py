@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from selfclassifier import data
-from selfclassifier.data import build_dataset, write_idx
+from selfclassifier.data.arrays import write_idx
+from selfclassifier.data.sources import build_dataset
 
 _SPEC = importlib.util.spec_from_file_location(
     "longtail", Path(__file__).resolve().parents[1] / "bench" / "longtail.py"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import silhouette_score
 
-from selfclassifier.metrics import (
+from selfclassifier.evaluate.metrics import (
     LABEL_FREE_NOTE,
     cluster_metrics,
     contingency,

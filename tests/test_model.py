@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from selfclassifier.backbones import BACKBONES, UnknownBackbone, build_backbone
-from selfclassifier.model import NormalizedLinear, SelfClassifier, projection_mlp
+from selfclassifier.model import SelfClassifier
+from selfclassifier.model.backbones import BACKBONES, UnknownBackbone, build_backbone
+from selfclassifier.model.classifier import NormalizedLinear, projection_mlp
 
 
 def tiny_model(heads=(4, 6), channels=1, freeze_heads=False, batch_norm=True):

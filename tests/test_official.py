@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import subprocess
@@ -15,10 +16,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from selfclassifier.checkpoint import CheckpointError, model_from_checkpoint
 from selfclassifier.cli import main
-from selfclassifier.official import convert_official, infer_backbone
-from selfclassifier.torchfile import Opaque, read_tensors
+from selfclassifier.interop.official import convert_official, infer_backbone
+from selfclassifier.interop.torchfile import Opaque, read_tensors
+from selfclassifier.model.build import model_from_checkpoint
+from selfclassifier.storage import CheckpointError
 
 # ----------------------------------------------------------------------------- a fake release
 
@@ -190,6 +192,46 @@ def test_weights_only_refuses_the_file_but_read_tensors_runs_no_code(release):
         assert torch.equal(obj["state_dict"][key], value), key
 
 
+def test_foreign_objects_keep_their_state_and_nothing_stays_allowlisted(release):
+    d, _, _, _ = release
+    allowed = set(torch.serialization.get_safe_globals())
+    obj, _ = read_tensors(d / "model_800ep.pth.tar")
+    queue = obj["nn_queue"]
+    assert type(queue).__qualname__ == "official_utils.NNQueue"
+    assert queue.state["ptr"] == 3 and queue.state["full"] is False
+    assert queue.state["queue"].shape == (64, 16)
+    assert obj["optimizer"]["param_groups"][0]["momentum"] == 0.9
+    assert set(torch.serialization.get_safe_globals()) == allowed  # stubs registered only to load
+
+
+class _Blocked:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize(
+    ("content", "kwargs", "reason"),
+    [
+        ({"payload": _Blocked()}, {}, "module posix is blocked"),
+        ({"meters": collections.defaultdict(list, a=[1.0])}, {}, "Can only SETITEM"),
+        ({"epoch": 1}, {"pickle_protocol": 4}, "Unsupported operand"),
+    ],
+    ids=["os.system", "dict subclass", "protocol 4"],
+)
+def test_what_torch_refuses_is_one_line(tmp_path, content, kwargs, reason):
+    """The cases torchfile.py's docstring lists: refused whole, with torch's reason."""
+    path = tmp_path / "m.pth"
+    state = {f"module.{k}": v for k, v in OfficialModel((5,)).state_dict().items()}
+    torch.save({"state_dict": state, **content}, path, **kwargs)
+    allowed = set(torch.serialization.get_safe_globals())
+    for read in (read_tensors, convert_official):
+        with pytest.raises(CheckpointError, match=reason) as err:
+            read(path)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(f"refusing to read '{path}'")
+    assert set(torch.serialization.get_safe_globals()) == allowed
+
+
 def test_convert_cli_gives_the_logits_of_the_raw_tensors(release, tmp_path):
     d, marker, official, state = release
     out = tmp_path / "ours.pt"
@@ -235,7 +277,7 @@ def test_mlp_shapes_are_inferred(tmp_path, nlayers, use_bn):
 
 
 def _model_of(ckpt, tmp_path):
-    from selfclassifier.checkpoint import save_atomic
+    from selfclassifier.storage import save_atomic
 
     save_atomic(ckpt, tmp_path / "c.pt")
     return model_from_checkpoint(tmp_path / "c.pt")

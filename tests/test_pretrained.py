@@ -13,13 +13,13 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from selfclassifier.augment import eval_transform
-from selfclassifier.backbones import ViTTrunk, build_backbone
-from selfclassifier.checkpoint import CheckpointError, load_checkpoint
 from selfclassifier.config import load_config
-from selfclassifier.data import build_dataset
-from selfclassifier.features import draw_views, nearest_neighbours
-from selfclassifier.pretrained import load_backbone_weights, read_state_dict
+from selfclassifier.data.sources import build_dataset
+from selfclassifier.interop.pretrained import load_backbone_weights, read_state_dict
+from selfclassifier.model.backbones import ViTTrunk, build_backbone
+from selfclassifier.storage import CheckpointError, load_checkpoint
+from selfclassifier.train.features import draw_views, nearest_neighbours
+from selfclassifier.views import eval_transform
 
 
 def _randomise_bn(net: nn.Module, seed: int = 0) -> nn.Module:
@@ -102,7 +102,7 @@ def test_timm_resnet_and_selfclassifier_checkpoints_load(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), ref(x), atol=1e-5, rtol=1e-5)
     # a selfclassifier checkpoint: the backbone sits under model -> backbone.net.*
-    from selfclassifier.checkpoint import FORMAT
+    from selfclassifier.storage import FORMAT
 
     torch.save({"format": FORMAT, "config": {}, "model": {f"backbone.net.{k}": v for k, v in
                ours.net.state_dict().items()} | {"heads.0.weight": torch.zeros(3, 4)}},
@@ -112,6 +112,24 @@ def test_timm_resnet_and_selfclassifier_checkpoints_load(tmp_path):
     assert report.prefix == "backbone.net." and report.ignored == 1
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(x), ours(x))
+
+
+def test_training_checkpoints_with_foreign_objects_load(tmp_path):
+    """timm / torchvision / DINO training checkpoints pickle args, numpy scalars and paths."""
+    import argparse
+    from pathlib import PurePosixPath
+
+    tv = _randomise_bn(torchvision.models.resnet18())
+    args = argparse.Namespace(lr=0.1, mean=(0.5, 0.5), output=PurePosixPath("/runs/x"))
+    torch.save({"epoch": 3, "arch": "resnet18", "state_dict": tv.state_dict(), "args": args,
+                "metric": np.float64(71.25), "optimizer": torch.optim.SGD(tv.parameters(), 0.1)
+                .state_dict()}, tmp_path / "timm_train.pth.tar")  # fmt: skip
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "timm_train.pth.tar")
+    ours = build_backbone("resnet18", 3)
+    load_backbone_weights(ours, tmp_path / "timm_train.pth.tar")
+    for k, v in tv.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(ours.net.state_dict()[k], v), k
 
 
 def test_safetensors_files_are_read(tmp_path):
@@ -209,8 +227,8 @@ def test_init_and_freeze_backbone_train_on_cached_features(tmp_path):
 
 
 def test_resuming_a_weights_only_checkpoint_is_a_clear_error(tmp_path, capsys):
-    from selfclassifier.checkpoint import FORMAT, save_atomic
     from selfclassifier.cli import main
+    from selfclassifier.storage import FORMAT, save_atomic
 
     cfg = load_config("digits")
     out = tmp_path / "run"

@@ -70,8 +70,8 @@ def test_training_fills_the_queue_with_indices_and_logs_nn_accuracy(tmp_path):
     import json
 
     from selfclassifier.config import load_config
-    from selfclassifier.data import dataset_targets
-    from selfclassifier.train import Trainer
+    from selfclassifier.data.sources import dataset_targets
+    from selfclassifier.train.loop import Trainer
 
     cfg = load_config(
         "digits",

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from selfclassifier.checkpoint import load_checkpoint
 from selfclassifier.config import list_presets, load_config
-from selfclassifier.data import write_idx
+from selfclassifier.data.arrays import write_idx
+from selfclassifier.storage import load_checkpoint
 
 
 @pytest.mark.parametrize("name", list_presets())

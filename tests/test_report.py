@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfclassifier.embedding_map import MAP_PX, class_colours, layout_2d, to_pixels
-from selfclassifier.report import summarize_classes, write_report
+from selfclassifier.report.embedding_map import MAP_PX, class_colours, layout_2d, to_pixels
+from selfclassifier.report.gallery import summarize_classes, write_report
 
 NAMES = ["zero", "one", "<b>&x", "three", "four"]
 NUM_CLASSES = 7  # labels use 0..4, so classes 5 and 6 stay empty

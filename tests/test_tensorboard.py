@@ -8,7 +8,7 @@ from conftest import TINY
 
 from selfclassifier import cli, dist
 from selfclassifier.config import TrainConfig
-from selfclassifier.tensorboard import INSTALL_HINT, scalars
+from selfclassifier.train.tensorboard import INSTALL_HINT, scalars
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

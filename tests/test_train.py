@@ -4,9 +4,10 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 
-from selfclassifier.checkpoint import load_checkpoint
 from selfclassifier.config import load_config, parse_set
-from selfclassifier.train import Trainer, epoch_order, local_batches
+from selfclassifier.storage import load_checkpoint
+from selfclassifier.train.loop import Trainer
+from selfclassifier.views.order import epoch_order, local_batches
 
 FOLDER = [
     "--set",

@@ -14,13 +14,11 @@ import torch
 
 import selfclassifier
 from selfclassifier import cli
-from selfclassifier.checkpoint import (
-    FORMAT,
-    CheckpointError,
-    load_checkpoint,
-    load_file,
-    model_from_checkpoint,
-)
+from selfclassifier.interop.official import convert_official
+from selfclassifier.interop.pretrained import read_state_dict
+from selfclassifier.interop.torchfile import read_tensors
+from selfclassifier.model.build import model_from_checkpoint
+from selfclassifier.storage import FORMAT, CheckpointError, load_checkpoint, load_file
 
 
 class _Payload:
@@ -71,6 +69,28 @@ def test_every_loader_refuses(tmp_path, how, loader):
     assert "\n" not in message and message.startswith(f"refusing to load '{path}'")
     assert "could run code" in message
     assert not marker.exists()
+
+
+def _read_weights(path):
+    return read_state_dict(path)
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("reader", [read_tensors, convert_official, _read_weights])
+def test_readers_of_foreign_files_refuse(tmp_path, how, reader):
+    """convert and --init-backbone read files with foreign objects, but not an os.system call."""
+    marker = tmp_path / "marker"
+    path = evil_checkpoint(tmp_path / "evil.pt", marker, how)
+    with pytest.raises(CheckpointError) as err:
+        reader(path)
+    message = str(err.value)
+    assert "\n" not in message and not marker.exists()
+    if how == "zip":
+        assert message.startswith(f"refusing to read '{path}'") and "blocked" in message
+    elif reader is _read_weights:  # not zip: the plain weights_only load refuses it
+        assert message.startswith(f"refusing to load '{path}'") and "could run code" in message
+    else:
+        assert "not a PyTorch zip checkpoint" in message
 
 
 TINY = [
