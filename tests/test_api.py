@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_export import make_checkpoint
 
 import selfclassifier
 from selfclassifier.data.arrays import TensorImageDataset
 from selfclassifier.data.decode import DataError
 from selfclassifier.inference import eval_loader, run_model
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.images import write_arrays
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +21,7 @@ def setup(tmp_path_factory):
     ckpt = make_checkpoint(d / "ckpt.pt", "resnet20", 1, 8)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
-    paths = []
-    for i, arr in enumerate(pixels):
-        Image.fromarray(arr).save(d / f"{i}.png")
-        paths.append(d / f"{i}.png")
+    paths = sorted(write_arrays(d / "images", pixels).glob("*.png"))
     return selfclassifier.load(ckpt, device="cpu"), pixels, paths
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
+
+from tests.helpers import run_cli
 
 TINY_RECIPE = """
 model: {backbone: resnet20, heads: [4, 6], hidden_dim: 32, out_dim: 16}
@@ -18,21 +18,17 @@ data: {workers: 0}
 """
 
 
-def cli(*args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "selfclassifier", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def bench(*args) -> dict:
+    """``selfclassifier bench ARGS`` in process; its JSON document."""
+    code, out, err = run_cli("bench", *args)
+    assert code == 0, err
+    return json.loads(out)
 
 
 @pytest.fixture(scope="module")
 def bench_images(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "images"
-    done = cli("bench", "make-images", out, "--n", 6)
-    assert done.returncode == 0, done.stderr
-    return out, json.loads(done.stdout)
+    return out, bench("make-images", out, "--n", 6)
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +51,10 @@ def test_make_images_writes_realistic_jpegs(bench_images):
 
 def test_bench_data_measures_both_pipelines_in_one_run(bench_images, recipe):
     out, _ = bench_images
-    done = cli(
-        "bench", "data", "--images", out, "--pipeline", "classic,fast", "--workers", 0,
+    result = bench(
+        "data", "--images", out, "--pipeline", "classic,fast", "--workers", 0,
         "--recipe", recipe, "--batch-size", 2, "--batches", 2, "--device", "cpu",
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
     assert [r["pipeline"] for r in result["runs"]] == ["classic", "fast"]
     for r in result["runs"]:
         assert {"pipeline", "workers", "images", "images_per_s", "images_per_s_per_worker"} <= set(
@@ -76,12 +70,9 @@ def test_bench_train_reports_throughput_memory_and_data_wait(bench_images, recip
     out, _ = bench_images
     if source == ["--images"]:
         source = ["--images", out, "--set", "augment.pipeline=fast"]
-    done = cli(
-        "bench", "train", "--config", recipe, "--steps", 2, "--warmup", 1,
-        "--batch-size", 4, *source,
+    r = bench(
+        "train", "--config", recipe, "--steps", 2, "--warmup", 1, "--batch-size", 4, *source
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    r = json.loads(done.stdout)
     assert {
         "device",
         "images_per_s",
@@ -95,6 +86,6 @@ def test_bench_train_reports_throughput_memory_and_data_wait(bench_images, recip
 
 
 def test_bench_rejects_bad_input_in_one_line(tmp_path):
-    done = cli("bench", "data", "--images", tmp_path, "--pipeline", "turbo")
-    assert done.returncode == 2 and done.stderr.startswith("error:") and "turbo" in done.stderr
-    assert "Traceback" not in done.stderr
+    code, _, err = run_cli("bench", "data", "--images", tmp_path, "--pipeline", "turbo")
+    assert code == 2 and err.startswith("error:") and "turbo" in err
+    assert "Traceback" not in err

@@ -11,8 +11,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,13 +20,11 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from selfclassifier import dist
-from selfclassifier.config import AugmentConfig
 from selfclassifier.loss import SelfClassifierLoss
 from selfclassifier.model import SelfClassifier
 from selfclassifier.queue import NNQueue
 from selfclassifier.train.forward import MultiCropForward
-from selfclassifier.views import BatchedMultiCrop
-from selfclassifier.views.order import local_batches
+from tests.helpers import one_thread, read_jsonl, run_cli, run_python
 
 WORLD = 2
 BATCH = 8  # global
@@ -285,40 +281,10 @@ def _copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module)
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_ranks_batches_concatenate_to_the_one_process_batch(world):
-    n, batch = 103, 16
-    one = local_batches(n, batch, seed=3, epoch=1, rank=0, world_size=1)
-    shards = [
-        local_batches(n, batch, seed=3, epoch=1, rank=r, world_size=world) for r in range(world)
-    ]
-    assert len(one) == n // batch and all(len(s) == len(one) for s in shards)
-    for step, full in enumerate(one):
-        assert torch.equal(torch.cat([s[step] for s in shards]), full)
-    seen = torch.cat(one)
-    assert seen.unique().numel() == seen.numel()  # no sample twice in an epoch
-    other_epoch = local_batches(n, batch, seed=3, epoch=2, rank=0, world_size=1)
-    assert not torch.equal(torch.cat(other_epoch), seen)  # the set_epoch reshuffle
-    with pytest.raises(ValueError, match="does not divide"):
-        local_batches(n, 10, seed=3, epoch=1, rank=0, world_size=4)
-
-
-def test_views_do_not_depend_on_how_the_batch_is_split():
-    cfg = AugmentConfig(global_size=12, local_size=6, local_crops=2, noise=0.05, rotation=10.0)
-    aug = BatchedMultiCrop(cfg, channels=3)
-    images = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8)
-    whole = aug(images, torch.Generator().manual_seed(7))
-    halves = [aug(images[s : s + 4], torch.Generator().manual_seed(7), (s, 8)) for s in (0, 4)]
-    for v, full in enumerate(whole):
-        assert torch.equal(torch.cat([h[v] for h in halves]), full)
-
-
-def test_global_batch_that_does_not_divide_is_one_line_exit_2(monkeypatch, tmp_path, capsys):
-    from selfclassifier import cli
-
+def test_global_batch_that_does_not_divide_is_one_line_exit_2(monkeypatch, tmp_path):
     monkeypatch.setattr(dist, "world_size", lambda: 2)  # as if torchrun had started 2
-    code = cli.main(["train", "--out", str(tmp_path), "--batch-size", "63", "--epochs", "1"])
-    err = capsys.readouterr().err.strip()
+    code, _, err = run_cli("train", "--out", tmp_path, "--batch-size", "63", "--epochs", "1")
+    err = err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "train.batch_size=63" in err and "2 processes" in err and "multiple of 2" in err
 
@@ -326,10 +292,10 @@ def test_global_batch_that_does_not_divide_is_one_line_exit_2(monkeypatch, tmp_p
 # ----------------------------------------------------------------------------- end to end
 
 
-def _train_cmd(out: Path, epochs: int) -> list[str]:
+def _train_args(out: Path, epochs: int) -> list[str]:
     """The command README.md's "Scaling out with torchrun" lists, at test size."""
     return [
-        "-m", "selfclassifier", "train", "--data", "digits", "--split", "test",
+        "train", "--data", "digits", "--split", "test",
         "--out", str(out), "--epochs", str(epochs), "--batch-size", "64",
         "--set", "model.hidden_dim=32", "--set", "model.out_dim=16",
         "--set", "augment.local_crops=2", "--set", "train.queue_size=256",
@@ -337,23 +303,20 @@ def _train_cmd(out: Path, epochs: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def _one_process(args: list[str]) -> str:
+    """The same command in one process (this one, one thread as the torchrun ranks); stderr."""
+    with one_thread():
+        code, _, err = run_cli(*args)
+    assert code == 0, err[-3000:]
+    return err
 
 
 def _step_losses(out: Path) -> list[float]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if "step" in r]
+    return [r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "step" in r]
 
 
 def _epoch_ends(out: Path) -> list[int]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["epoch_end"] for r in records if "epoch_end" in r]
+    return [r["epoch_end"] for r in read_jsonl(out / "metrics.jsonl") if "epoch_end" in r]
 
 
 @pytest.mark.slow
@@ -363,7 +326,11 @@ def test_torchrun_two_processes_then_resume_in_one(tmp_path):
         "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
         "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=test",
     ]  # fmt: skip
-    _run([*torchrun, *_train_cmd(two, epochs=1)])
+    proc = run_python(
+        *torchrun, "-m", "selfclassifier", *_train_args(two, epochs=1),
+        env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
     # Exactly one checkpoint, written once, by rank 0 only.
     assert sorted(p.name for p in two.iterdir() if p.name != ".lock") == sorted(
         ["checkpoint.pt", "config.yaml", "eval.json", "metrics.jsonl"]
@@ -376,7 +343,7 @@ def test_torchrun_two_processes_then_resume_in_one(tmp_path):
     # head selection (losses over the global batch) and the evaluation equal the 2-process ones.
     again = tmp_path / "again"
     shutil.copytree(two, again)
-    _run(_train_cmd(again, epochs=1))
+    _one_process(_train_args(again, epochs=1))
     by_two, by_one = (json.loads((d / "eval.json").read_text())["heads"] for d in (two, again))
     assert len({h["classes"] for h in by_one}) < len(by_one)  # the preset has candidate heads
     for a, b in zip(by_two, by_one, strict=True):
@@ -386,13 +353,13 @@ def test_torchrun_two_processes_then_resume_in_one(tmp_path):
     # The same command in one process starts the same run: same data order, views and initial
     # weights give the same losses. (Later steps drift apart by float rounding, as they do
     # between two 1-process runs with different OMP_NUM_THREADS.)
-    _run(_train_cmd(one, epochs=1))
+    _one_process(_train_args(one, epochs=1))
     for got, ref in zip(_step_losses(two)[:2], _step_losses(one)[:2], strict=True):
         assert abs(got - ref) <= 1e-5 * abs(ref), (got, ref)
 
     # N -> M: the 2-process checkpoint resumes in one process.
-    proc = _run(_train_cmd(two, epochs=2))
-    assert "resuming from" in proc.stderr and "epoch 1, step 0" in proc.stderr
+    err = _one_process(_train_args(two, epochs=2))
+    assert "resuming from" in err and "epoch 1, step 0" in err
     resumed = torch.load(two / "checkpoint.pt", weights_only=True)
     assert resumed["world_size"] == 1 and resumed["state"]["epoch"] == 2
     assert resumed["state"]["global_step"] == 2 * ckpt["state"]["global_step"]

@@ -1,3 +1,5 @@
+"""The loss: the paper's equations in float64 loops, invariances, precision, per-head losses."""
+
 import math
 
 import numpy as np
@@ -6,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfclassifier.loss import SelfClassifierLoss, self_classifier_loss, view_pairs
+from selfclassifier.loss import SelfClassifierLoss, head_losses, self_classifier_loss, view_pairs
 
 
 def naive_loss(logits, row_tau, col_tau, eps, num_global=2):
@@ -126,3 +128,14 @@ def test_input_checks():
         self_classifier_loss([[torch.zeros(4, 3)]])
     with pytest.raises(ValueError):
         SelfClassifierLoss(row_tau=0.0)
+
+
+@pytest.mark.parametrize("views", [2, 4])
+def test_head_losses_are_each_heads_loss_and_average_to_the_loss(views):
+    torch.manual_seed(0)
+    logits = [[torch.randn(16, c) for _ in range(views)] for c in (3, 3, 5)]
+    per_head = head_losses(logits, 0.1, 0.05)
+    assert per_head.shape == (3,)
+    for h, head in enumerate(logits):
+        torch.testing.assert_close(per_head[h], self_classifier_loss([head], 0.1, 0.05))
+    torch.testing.assert_close(per_head.mean(), self_classifier_loss(logits, 0.1, 0.05))

@@ -1,3 +1,5 @@
+"""Optimisers (SGD, AdamW, LARS as the authors' apex LARC) and the per-step schedule."""
+
 import math
 
 import numpy as np
@@ -150,3 +152,41 @@ def test_unknown_optimizer():
     cfg.optim.optimizer = "rmsprop"
     with pytest.raises(ValueError, match="sgd, adamw, lars"):
         build_optimizer(torch.nn.Linear(2, 2), cfg)
+
+
+def reference_lars_step(params, state, lr, momentum, wd, trust=0.001, eps=1e-8, exclude=()):
+    """apex LARC (clip off) over SGD, one parameter at a time, written out plainly."""
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            if i in exclude:  # plain SGD; their group has no weight decay
+                d_p = p.grad.clone()
+            else:
+                w, g = p.norm(), p.grad.norm()
+                d_p = p.grad.clone()
+                if w > 0 and g > 0:
+                    d_p = (p.grad + wd * p) * (trust * w / (g + wd * w + eps))
+            state[i] = d_p.clone() if i not in state else state[i] * momentum + d_p
+            p -= lr * state[i]
+
+
+def test_foreach_lars_matches_the_per_parameter_update():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7), torch.nn.Linear(7, 3))
+    ref = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
+    opt = LARS(
+        parameter_groups(net, 1e-2, exclude_norm_bias=True), lr=0.5, momentum=0.9, weight_decay=1e-2
+    )
+    for group in opt.param_groups[1:]:
+        group["lars_exclude"] = True
+    exclude = {i for i, p in enumerate(net.parameters()) if p.ndim <= 1}
+    state: dict = {}
+    for step in range(3):
+        x = torch.randn(8, 5)
+        opt.zero_grad()
+        net(x).square().sum().backward()
+        for r, p in zip(ref, net.parameters(), strict=True):
+            r.grad = p.grad.clone()
+        opt.step()
+        reference_lars_step(ref, state, 0.5, 0.9, 1e-2, exclude=exclude)
+        for r, p in zip(ref, net.parameters(), strict=True):
+            torch.testing.assert_close(p, r, atol=1e-6, rtol=1e-5, msg=f"step {step}")

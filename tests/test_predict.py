@@ -7,11 +7,10 @@ import io
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from PIL import Image
 
-from selfclassifier.cli import main
 from selfclassifier.predict import CSV_COLUMNS, collect_images, write_csv
+from tests.helpers import run_cli
 
 
 def noise(h: int, w: int, seed: int) -> np.ndarray:
@@ -73,7 +72,7 @@ def test_write_csv_columns():
     assert rows == [list(CSV_COLUMNS), ["x, y.png", "2", "7", "0.500000"]]
 
 
-def test_predict_folder_with_awkward_and_broken_files(folder_run, tmp_path, capsys):
+def test_predict_folder_with_awkward_and_broken_files(folder_run, tmp_path):
     out, _ = folder_run
     images = tmp_path / "in"
     pairs = awkward_images(images / "nested")
@@ -82,19 +81,19 @@ def test_predict_folder_with_awkward_and_broken_files(folder_run, tmp_path, caps
     (images / "readme.txt").write_text("not an image, and not named like one")
     csv_path = tmp_path / "preds.csv"
     args = ["predict", str(out / "checkpoint.pt"), str(images), "--out", str(csv_path)]
-    assert main([*args, "--workers", "0", "--batch-size", "4"]) == 0
-    captured = capsys.readouterr()
+    code, out_text, err = run_cli(*args, "--workers", "0", "--batch-size", "4")
+    assert code == 0, err
 
     # Unreadable files: counted and named on stderr, not fatal.
-    assert "warning: 2 unreadable file(s) skipped:" in captured.err
-    assert "broken.jpg" in captured.err and "empty.png" in captured.err
-    assert "readme.txt" not in captured.err  # not an image name: not looked at
+    assert "warning: 2 unreadable file(s) skipped:" in err
+    assert "broken.jpg" in err and "empty.png" in err
+    assert "readme.txt" not in err  # not an image name: not looked at
 
     rows = read_csv(csv_path)
     assert list(rows[0]) == list(CSV_COLUMNS)
     readable = 2 * len(pairs) + 1
     assert len(rows) == readable * 2  # every image, both heads
-    assert f"wrote {len(rows)} rows for {readable} images" in captured.out
+    assert f"wrote {len(rows)} rows for {readable} images" in out_text
     by_path = {(r["path"], int(r["head"])): r for r in rows}
     for h in (0, 1):
         for name, ref in pairs.items():
@@ -113,12 +112,14 @@ def test_predict_folder_with_awkward_and_broken_files(folder_run, tmp_path, caps
     assert abs(float(rotated["confidence"]) - float(ignored["confidence"])) > 1e-4
 
 
-def test_predict_one_head_to_stdout_in_a_subprocess(folder_run, tmp_path):
+def test_predict_one_head_to_stdout(folder_run, tmp_path):
     out, data = folder_run
     files = sorted(str(p) for p in (data / "red").glob("*.png"))[:3]
-    result = run_cli("predict", str(out / "checkpoint.pt"), *files, "--head", "1", "--out", "-")
-    assert result.returncode == 0, result.stderr
-    rows = list(csv.reader(io.StringIO(result.stdout)))
+    code, stdout, err = run_cli(
+        "predict", out / "checkpoint.pt", *files, "--head", "1", "--out", "-"
+    )
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(stdout)))
     assert rows[0] == list(CSV_COLUMNS)
     assert [r[:2] for r in rows[1:]] == [[f, "1"] for f in files]
 
@@ -130,27 +131,24 @@ def test_predict_one_head_to_stdout_in_a_subprocess(folder_run, tmp_path):
         (["--batch-size", "0"], "positive integer"),
     ],
 )
-def test_predict_bad_arguments(folder_run, tmp_path, monkeypatch, capsys, extra, message):
+def test_predict_bad_arguments(folder_run, tmp_path, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
     out, data = folder_run
-    try:
-        code = main(["predict", str(out / "checkpoint.pt"), str(data), *extra])
-    except SystemExit as e:  # argparse's own usage errors
-        code = e.code
+    code, _, err = run_cli("predict", out / "checkpoint.pt", data, *extra)
     assert code == 2
-    assert message in capsys.readouterr().err
+    assert message in err
     assert not (tmp_path / "preds.csv").exists()
 
 
-def test_predict_nothing_readable_is_an_error(folder_run, tmp_path, monkeypatch, capsys):
+def test_predict_nothing_readable_is_an_error(folder_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out, _ = folder_run
     (tmp_path / "bad.png").write_bytes(b"junk")
-    code = main(["predict", str(out / "checkpoint.pt"), str(tmp_path / "bad.png"), "nope"])
-    err = capsys.readouterr().err
+    code, _, err = run_cli("predict", out / "checkpoint.pt", tmp_path / "bad.png", "nope")
     assert code == 2 and "error: none of the 2 input file(s) could be read" in err
     assert not (tmp_path / "preds.csv").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["predict", str(out / "checkpoint.pt"), str(empty)]) == 2
-    assert "no image files found" in capsys.readouterr().err
+    code, _, err = run_cli("predict", out / "checkpoint.pt", empty)
+    assert code == 2
+    assert "no image files found" in err

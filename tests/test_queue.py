@@ -1,3 +1,5 @@
+"""The nearest-neighbour queue: FIFO, the authors' top-2 look-up, state, and in training."""
+
 import torch
 import torch.nn.functional as F
 
@@ -91,3 +93,18 @@ def test_training_fills_the_queue_with_indices_and_logs_nn_accuracy(tmp_path):
     assert accs and all(0.0 <= a <= 1.0 for a in accs)
     # before the queue is full (600 entries at 256 per step: 3 steps) there is no neighbour
     assert "nn_acc" not in next(r for r in records if r.get("global_step") == 1)
+
+
+def test_queue_fill_level_survives_a_checkpoint_without_device_reads():
+    q = NNQueue(size=4, dim=2)
+    q.push(torch.eye(2))
+    assert not q.full
+    q.push(torch.eye(2))
+    assert q.full
+    fresh = NNQueue(size=4, dim=2)
+    fresh.load_state_dict(q.state_dict())
+    assert fresh.full and fresh.nearest(torch.tensor([[0.0, 1.0]]))[0].tolist() == [[0.0, 1.0]]
+    holder = torch.nn.Module()
+    holder.queue = NNQueue(size=4, dim=2)
+    holder.load_state_dict({"queue." + k: v for k, v in q.state_dict().items()})
+    assert holder.queue.full  # the hook also runs when a parent module loads

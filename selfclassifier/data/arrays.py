@@ -14,7 +14,8 @@ import os
 import numpy as np
 import torch
 
-from selfclassifier.data.decode import _SPLITS, DataError, _check_choice, _display, _reason
+from selfclassifier.data.decode import _SPLITS, DataError, _check_choice, _reason
+from selfclassifier.errors import printable
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -158,7 +159,7 @@ def read_idx(path: str, expect_ndim: int | None = None) -> np.ndarray:
     try:
         data = _read_maybe_gzip(path)
     except Exception as e:  # noqa: BLE001 - gzip/zlib/OS errors all mean "cannot read"
-        raise DataError(f"cannot read IDX file {_display(path)}: {_reason(e)}") from None
+        raise DataError(f"cannot read IDX file {printable(path)}: {_reason(e)}") from None
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else -1
     ndim, type_byte = magic & 0xFF, (magic >> 8) & 0xFF
     wanted = f"0x{0x800 | expect_ndim:08x}" if expect_ndim else "0x000008nn"
@@ -170,7 +171,7 @@ def read_idx(path: str, expect_ndim: int | None = None) -> np.ndarray:
         or (expect_ndim is not None and (ndim != expect_ndim or type_byte != 0x08))
     ):
         raise DataError(
-            f"{_display(path)} is not a valid IDX file (magic 0x{max(magic, 0):08x}, "
+            f"{printable(path)} is not a valid IDX file (magic 0x{max(magic, 0):08x}, "
             f"expected {wanted}); re-download it or point to the right directory"
         )
     dims_end = 4 + 4 * ndim
@@ -179,7 +180,7 @@ def read_idx(path: str, expect_ndim: int | None = None) -> np.ndarray:
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(dims) != ndim or len(data) - dims_end != expected:
         raise DataError(
-            f"IDX file {_display(path)} is truncated or padded: header says {dims} "
+            f"IDX file {printable(path)} is truncated or padded: header says {dims} "
             f"({expected} data bytes) but it holds {max(len(data) - dims_end, 0)}; re-download it"
         )
     array = np.frombuffer(data, dtype=dtype, offset=dims_end).reshape(dims)
@@ -213,7 +214,7 @@ def _idx_compatible(array: np.ndarray, path: str) -> np.ndarray:
             if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
                 return array.astype(dtype)
     raise DataError(
-        f"write_idx({_display(path)!r}): dtype {array.dtype} has no IDX code; "
+        f"write_idx({printable(path)!r}): dtype {array.dtype} has no IDX code; "
         "cast to uint8, int8, int16, int32, float32 or float64"
     )
 
@@ -238,12 +239,12 @@ def _load_idx_part(root: str, part: str) -> tuple[np.ndarray, np.ndarray]:
     for stem in _IDX_FILES[part]:
         path = _find_idx(root, stem)
         if path is None:
-            raise DataError(f"missing IDX file {stem}[.gz] in {_display(root)}; {_IDX_HELP}")
+            raise DataError(f"missing IDX file {stem}[.gz] in {printable(root)}; {_IDX_HELP}")
         paths.append(path)
     images, labels = read_idx(paths[0], expect_ndim=3), read_idx(paths[1], expect_ndim=1)
     if len(images) != len(labels):
         raise DataError(
-            f"{_display(paths[0])} has {len(images)} images but {_display(paths[1])} has "
+            f"{printable(paths[0])} has {len(images)} images but {printable(paths[1])} has "
             f"{len(labels)} labels; the files come from different sets, re-download them"
         )
     return images, labels
@@ -258,7 +259,7 @@ def load_idx_dataset(root: str, split: str = "all") -> TensorImageDataset:
     _check_choice("split", split, _SPLITS)
     root = os.fsdecode(os.fspath(root))
     if not os.path.isdir(root):
-        raise DataError(f"IDX directory {_display(root)} does not exist; {_IDX_HELP}")
+        raise DataError(f"IDX directory {printable(root)} does not exist; {_IDX_HELP}")
     parts = ["train", "test"] if split == "all" else [split]
     loaded = [_load_idx_part(root, part) for part in parts]
     images = np.concatenate([im for im, _ in loaded])[:, None]

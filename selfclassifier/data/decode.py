@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from selfclassifier.errors import DataError, UnreadableImage
+from selfclassifier.errors import DataError, UnreadableImage, one_line
 
 # Decoders we trust with arbitrary user files. Content, not extension, picks the decoder
 # (a PNG named .jpg is common and fine), but formats such as EPS would run external
@@ -34,17 +34,6 @@ _MODES = ("RGB", "L")
 
 class UnreadableImageWarning(UserWarning):
     """An image file was skipped; filter this category to silence the notices."""
-
-
-def _display(path: str) -> str:
-    """A path safe to print on one line: undecodable bytes and control characters escaped."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -111,7 +100,7 @@ def _open_header(fp) -> Image.Image:
 
 
 def _bomb_reason(e: BaseException) -> str:
-    pillow_says = _one_line(e).split(", could be")[0]  # "Image size (N pixels) exceeds ..."
+    pillow_says = one_line(e, 300).split(", could be")[0]  # "Image size (N pixels) exceeds ..."
     return (
         f"possible decompression bomb: {pillow_says} "
         "(raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)"
@@ -125,7 +114,7 @@ def _reason(e: BaseException) -> str:
         return "permission denied"
     if isinstance(e, IsADirectoryError):
         return "is a directory"
-    return _one_line(f"cannot decode ({type(e).__name__}: {e})")
+    return one_line(f"cannot decode ({type(e).__name__}: {e})", 300)
 
 
 def _high_depth_to_l(im: Image.Image) -> Image.Image:

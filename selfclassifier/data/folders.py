@@ -23,10 +23,10 @@ from selfclassifier.data.decode import (
     UnreadableImageWarning,
     _check_choice,
     _check_header,
-    _display,
     decode_image,
     open_image,
 )
+from selfclassifier.errors import printable
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
@@ -181,7 +181,7 @@ class ImageFileDataset(torch.utils.data.Dataset):
         self._bad.add(path)
         self.runtime_skipped.append((path, reason))
         warnings.warn(
-            f"skipping unreadable image {_display(path)}: {reason}",
+            f"skipping unreadable image {printable(path)}: {reason}",
             UnreadableImageWarning,
             stacklevel=3,
         )
@@ -222,7 +222,7 @@ def _verify(paths: list[str], how: str, mode: str) -> tuple[list[int], list[tupl
 
 
 def _summarise(root: str, bad: list[tuple[str, str]], show: int = 3) -> str:
-    listed = "; ".join(f"{_display(os.path.relpath(p, root))} ({why})" for p, why in bad[:show])
+    listed = "; ".join(f"{printable(os.path.relpath(p, root))} ({why})" for p, why in bad[:show])
     more = f"; and {len(bad) - show} more" if len(bad) > show else ""
     return listed + more
 
@@ -248,13 +248,13 @@ def load_image_folder(
     if not os.path.isdir(root):
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise DataError(
-            f"image folder {_display(root)} {what}; pass a directory of images "
+            f"image folder {printable(root)} {what}; pass a directory of images "
             "(root/CLASS/*.jpg for labelled data, or any nesting for unlabelled)"
         )
     paths = scan_image_files(root)
     if not paths:
         raise DataError(
-            f"no image files found under {_display(root)} (looked recursively for "
+            f"no image files found under {printable(root)} (looked recursively for "
             f"{' '.join(IMAGE_EXTENSIONS)}, case-insensitive, hidden files ignored)"
         )
     if verify == "auto":
@@ -262,17 +262,18 @@ def load_image_folder(
     good, bad = _verify(paths, verify, mode)
     if bad and strict:
         raise DataError(
-            f"{len(bad)} unreadable image file(s) under {_display(root)}: {_summarise(root, bad)}; "
+            f"{len(bad)} unreadable image file(s) under {printable(root)}: "
+            f"{_summarise(root, bad)}; "
             "fix or remove them, or run without strict to skip them"
         )
     if not good:
         raise DataError(
-            f"none of the {len(paths)} image files under {_display(root)} can be decoded: "
+            f"none of the {len(paths)} image files under {printable(root)} can be decoded: "
             f"{_summarise(root, bad)}"
         )
     if bad:
         warnings.warn(
-            f"skipped {len(bad)} unreadable image file(s) under {_display(root)}: "
+            f"skipped {len(bad)} unreadable image file(s) under {printable(root)}: "
             f"{_summarise(root, bad)} (listed in dataset.skipped)",
             UnreadableImageWarning,
             stacklevel=2,
@@ -280,8 +281,8 @@ def load_image_folder(
     first_dirs = _class_layout(root, paths)
     kept = [paths[i] for i in good]
     if first_dirs is None:
-        return ImageFileDataset(kept, None, None, mode, bad, name=_display(root))
+        return ImageFileDataset(kept, None, None, mode, bad, name=printable(root))
     classes = sorted(set(first_dirs))
     index = {c: k for k, c in enumerate(classes)}
     targets = torch.tensor([index[first_dirs[i]] for i in good], dtype=torch.int64)
-    return ImageFileDataset(kept, targets, classes, mode, bad, name=_display(root))
+    return ImageFileDataset(kept, targets, classes, mode, bad, name=printable(root))

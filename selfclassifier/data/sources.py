@@ -14,13 +14,14 @@ from selfclassifier.data.arrays import (
     load_digits_dataset,
     load_idx_dataset,
 )
-from selfclassifier.data.decode import _MODES, _SPLITS, DataError, _check_choice, _display
+from selfclassifier.data.decode import _MODES, _SPLITS, DataError, _check_choice
 from selfclassifier.data.folders import (
     ImageFileDataset,
     _has_image_extension,
     _sorted_entries,
     load_image_folder,
 )
+from selfclassifier.errors import printable
 
 _SPLIT_DIRS = {"train": ("train",), "test": ("test", "val"), "val": ("val", "test")}
 
@@ -62,18 +63,18 @@ def _build_folder(root: str, split: str, mode: str, strict: bool) -> ImageFileDa
     if not splits:
         if split != "all":
             raise DataError(
-                f"split={split!r} needs {_display(root)} to have train/ and test/ (or val/) "
+                f"split={split!r} needs {printable(root)} to have train/ and test/ (or val/) "
                 "subfolders; it has none, so use split='all'"
             )
         return load_image_folder(root, mode, strict)
     if split == "all":
         parts = [load_image_folder(splits[s], mode, strict) for s in sorted(splits)]
-        return _merge_folders(parts, name=_display(root))
+        return _merge_folders(parts, name=printable(root))
     for candidate in _SPLIT_DIRS[split]:
         if candidate in splits:
             return load_image_folder(splits[candidate], mode, strict)
     raise DataError(
-        f"split={split!r}: {_display(root)} has no {' or '.join(_SPLIT_DIRS[split])}/ "
+        f"split={split!r}: {printable(root)} has no {' or '.join(_SPLIT_DIRS[split])}/ "
         f"subfolder (found {', '.join(sorted(splits))}/)"
     )
 
@@ -101,7 +102,7 @@ def build_dataset(spec: str, split: str = "all", mode: str = "RGB", strict: bool
         return _build_folder(spec, split, mode, strict)
     problem = "is a file, not a directory" if os.path.isfile(spec) else "is not a known dataset"
     raise DataError(
-        f"dataset {_display(spec)!r} {problem}; use 'digits', 'fashion_mnist', a directory of "
+        f"dataset {printable(spec)!r} {problem}; use 'digits', 'fashion_mnist', a directory of "
         "MNIST-style IDX files, or a directory of images (root/CLASS/*.jpg or any nesting)"
     )
 
@@ -123,7 +124,7 @@ def has_splits(spec: str) -> bool:
 
 def _fixed_split(split: str, spec: str) -> str:
     if split == "val":
-        raise DataError(f"dataset {_display(spec)!r} has only train and test splits; use test")
+        raise DataError(f"dataset {printable(spec)!r} has only train and test splits; use test")
     return split
 
 

@@ -46,6 +46,7 @@ from selfclassifier.train.guards import (
     StopSignals,
     TrainingError,
     first_nonfinite,
+    injected_fault,
     kill_self,
 )
 from selfclassifier.train.monitor import TrainingScores, monitor_line
@@ -84,6 +85,7 @@ class Trainer:
         ``cfg.data.path`` names (benchmarks, tests).
         """
         self.cfg, self.out = cfg, Path(out_dir)
+        self._fault = injected_fault()  # the crash tests' SIGKILL point, else None
         self._lock = None  # OUT/.lock, held while this process trains into OUT
         self._loss_sum: torch.Tensor | None = None  # this epoch's summed loss, on the device
         if cfg.train.deterministic:
@@ -226,7 +228,7 @@ class Trainer:
                 record = self._step_record(epoch, lr, loss, logits, seen / (now - t_last))
                 t_last, seen = now, 0
                 progress.update(state.step, record)
-            if self.checkpoints.fault == (state.global_step, "step"):
+            if self._fault == (state.global_step, "step"):  # crash tests only
                 kill_self()
             if save_now:
                 self.save()

@@ -1,0 +1,107 @@
+"""``SelfClassifier``: backbone -> MLP projection -> L2-normalised embedding -> heads."""
+
+import pytest
+import torch
+
+from selfclassifier.model import SelfClassifier
+from selfclassifier.model.backbones import build_backbone
+from selfclassifier.model.classifier import NormalizedLinear, projection_mlp
+
+
+def tiny_model(heads=(4, 6), channels=1, freeze_heads=False, batch_norm=True):
+    return SelfClassifier(
+        build_backbone("resnet20", channels),
+        heads=heads,
+        hidden_dim=16,
+        out_dim=8,
+        batch_norm=batch_norm,
+        freeze_heads=freeze_heads,
+    )
+
+
+def test_heads_are_unit_norm_and_bias_free():
+    head = NormalizedLinear(8, 5, norm="fixed")
+    with torch.no_grad():
+        head.weight.mul_(7.0)
+    x = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    logits = head(x)
+    assert logits.abs().max() <= 1.0 + 1e-6  # cosine similarities
+    assert not any("bias" in n for n, _ in head.named_parameters())
+
+
+def test_embed_is_normalised_and_classify_matches_forward():
+    model = tiny_model().eval()
+    x = torch.randn(5, 1, 8, 8)
+    e = model.embed(x)
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(5))
+    for a, b in zip(model.classify(e), model(x), strict=True):
+        torch.testing.assert_close(a, b)
+    assert [t.shape[1] for t in model(x)] == [4, 6]
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    model = tiny_model()
+    out = model(torch.randn(4, 1, 8, 8))
+    sum(o.square().sum() for o in out).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_frozen_heads_have_no_gradient():
+    model = tiny_model(freeze_heads=True)
+    assert not any(p.requires_grad for p in model.heads.parameters())
+
+
+def test_learnt_head_norm_scales_each_class_cosine():
+    head = NormalizedLinear(8, 5)  # learnt: weight_norm with g trained, starting at 1
+    x = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    cosine = head(x).detach()
+    with torch.no_grad():
+        head.scale.copy_(torch.arange(1.0, 6.0))
+    torch.testing.assert_close(head(x), cosine * torch.arange(1.0, 6.0))
+    head(x).sum().backward()
+    assert head.scale.grad is not None and head.weight.grad is not None
+
+
+@pytest.mark.parametrize("layers,bn", [(1, True), (2, False), (3, True)])
+def test_projection_mlp_shapes(layers, bn):
+    mlp = projection_mlp(12, 20, 7, layers=layers, batch_norm=bn)
+    assert mlp(torch.randn(4, 12)).shape == (4, 7)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in mlp) == (layers - 1 if bn else 0)
+
+
+def test_embed_views_groups_by_resolution(monkeypatch):
+    model = tiny_model().eval()
+    calls = []
+    orig = model.backbone.forward
+    monkeypatch.setattr(model.backbone, "forward", lambda x: calls.append(x.shape) or orig(x))
+    views = [torch.randn(3, 1, 8, 8)] * 2 + [torch.randn(3, 1, 6, 6)] * 4
+    embs = model.embed_views(views)
+    assert len(embs) == 6 and all(e.shape == (3, 8) for e in embs)
+    assert calls == [(6, 1, 8, 8), (12, 1, 6, 6)]
+    # grouping does not change the result (eval mode: BN uses running statistics)
+    torch.testing.assert_close(embs[0], model.embed(views[0]))
+
+
+def test_joint_projection_pools_batchnorm_over_all_views():
+    torch.manual_seed(0)
+    model = SelfClassifier(build_backbone("resnet20", 1), heads=(5,), hidden_dim=16, out_dim=8)
+    views = [torch.randn(4, 1, 8, 8) for _ in range(2)] + [torch.randn(4, 1, 6, 6)]
+    joint = model.embed_views(views)
+    feats = [model.features(torch.cat(views[:2])), model.features(views[2])]
+    pooled = model.project(torch.cat(feats))
+    torch.testing.assert_close(torch.cat(joint), pooled)
+    model.joint_projection = False
+    split = model.embed_views(views)
+    torch.testing.assert_close(torch.cat(split[:2]), model.project(feats[0]))
+    assert not torch.allclose(split[2], joint[2])  # BN saw another batch
+
+
+def test_projection_starts_from_the_authors_initialisation():
+    torch.manual_seed(0)
+    model = SelfClassifier(build_backbone("resnet20", 1), heads=(5,), hidden_dim=512, out_dim=64)
+    first = model.projection[0].weight
+    assert abs(first.std().item() - 0.02) < 0.002 and first.abs().max() <= 2.0
+    assert torch.all(model.projection[-1].bias == 0)
+    assert all(torch.all(h.scale == 1) and h.scale.requires_grad for h in model.heads)
