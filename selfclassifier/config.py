@@ -83,6 +83,13 @@ class ModelConfig:
         "and local crops (the authors' code). false: one MLP call per crop resolution (this "
         "package's earlier behaviour). The backbone always runs once per resolution.",
     )
+    input_norm: str = _f(
+        "none",
+        "none | image: standardise each input image to zero mean and unit variance over its "
+        "pixels before the backbone, so global brightness and contrast carry no signal (not in "
+        "the paper; for grayscale sets such as Fashion-MNIST, where clusters otherwise follow "
+        "garment brightness).",
+    )
     mlp_init: str = _f(
         "trunc_normal",
         "Initialisation of the projection's Linear layers: trunc_normal (std 0.02, bias 0: the "
@@ -457,6 +464,10 @@ def validate(cfg: Config) -> None:
     _check(
         m.mlp_init in ("trunc_normal", "torch"),
         f"model.mlp_init must be trunc_normal or torch, got '{m.mlp_init}'",
+    )
+    _check(
+        m.input_norm in ("none", "image"),
+        f"model.input_norm must be none or image, got '{m.input_norm}'",
     )
     _check(
         t.head_precision in ("fp32", "autocast"),

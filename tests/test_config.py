@@ -49,6 +49,7 @@ def test_round_trip_through_yaml_and_dict():
         ({"augment": {"global_scale": [0.0, 1.0]}}, "augment.global_scale"),
         ({"augment": {"local_scale": [0.2, 1.5]}}, "augment.local_scale"),
         ({"train": {"queue_size": 10, "batch_size": 64}}, "train.queue_size"),
+        ({"model": {"input_norm": "batch"}}, "model.input_norm must be none or image"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(override, fragment):

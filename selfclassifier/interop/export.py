@@ -63,6 +63,11 @@ def torchvision_state_dict(model: SelfClassifier, cfg: Config) -> tuple[dict, st
     channels = _input_channels(backbone)
     if channels != 3 and not name.endswith("_small"):
         notes.append(f"the input convolution takes {channels} channel(s), not 3: replace it first")
+    if model.input_norm == "image":
+        notes.append(
+            "the model standardises each image (model.input_norm=image): feed the backbone "
+            "(x - x.mean()) / x.std() per image, over all its pixels, after the usual normalisation"
+        )
     state = {k: v.detach().clone().contiguous() for k, v in backbone.net.state_dict().items()}
     return state, arch, notes
 

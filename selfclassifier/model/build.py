@@ -33,6 +33,7 @@ def build_model(cfg: Config, channels: int, image_size: int) -> SelfClassifier:
         head_norm="buffer" if m.head_scale else m.head_norm,
         joint_projection=m.joint_projection,
         mlp_init=m.mlp_init,
+        input_norm=m.input_norm,
     )
 
 

@@ -45,6 +45,15 @@ class NormalizedLinear(nn.Module):
         return logits if self.scale is None else logits * self.scale.to(logits.dtype)
 
 
+def standardize_images(images: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each image of (B, C, H, W) shifted and scaled to zero mean and unit std over its pixels;
+    invariant to any per-image brightness gain and offset (an all-flat image becomes zeros)."""
+    x = images.float()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    var = x.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+    return ((x - mean) * torch.rsqrt(var + eps)).to(images.dtype)
+
+
 def projection_mlp(
     in_dim: int,
     hidden_dim: int,
@@ -106,8 +115,12 @@ class SelfClassifier(nn.Module):
         head_norm: str = "learnt",
         joint_projection: bool = True,
         mlp_init: str = "trunc_normal",
+        input_norm: str = "none",
     ):
         super().__init__()
+        if input_norm not in ("none", "image"):
+            raise ValueError(f"input_norm must be none or image, got {input_norm!r}")
+        self.input_norm = input_norm
         if not heads:
             raise ValueError("at least one classification head is needed")
         self.backbone = backbone
@@ -125,6 +138,8 @@ class SelfClassifier(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features (B, D), the representation kNN and linear probes use."""
+        if self.input_norm == "image":
+            images = standardize_images(images)
         return self.backbone(images)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:

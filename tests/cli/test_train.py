@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from selfclassifier import data
@@ -291,3 +292,19 @@ def test_classes_flag_conflicts_and_bad_values_are_one_line(tmp_path):
     assert code == 2
     err = err.strip()
     assert "at least 2 classes" in err and "\n" not in err
+
+
+def test_a_run_with_input_norm_predicts_the_same_for_brighter_images(make_images, tmp_path):
+    import selfclassifier
+
+    images = make_images(per_class=8, size=(16, 16))
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        "train", "--data", images, "--out", out, "--epochs", "1", "--batch-size", "12",
+        *TINY, *heads(4), *FOLDER, "--set", "model.input_norm=image",
+    )  # fmt: skip
+    assert code == 0, err
+    model = selfclassifier.load(out / "checkpoint.pt", device="cpu")
+    assert model.cfg.model.input_norm == "image"
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.embed(x * 2.5 + 0.7), model.embed(x), atol=1e-4, rtol=1e-4)

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 
-def make_checkpoint(path, backbone: str, channels: int, size: int, heads=(10, 20)):
+def make_checkpoint(
+    path, backbone: str, channels: int, size: int, heads=(10, 20), input_norm: str = "none"
+):
     """A checkpoint as train writes it, with random weights and non-trivial BN statistics."""
     from selfclassifier.config import load_config
     from selfclassifier.model.build import build_model
@@ -20,7 +22,13 @@ def make_checkpoint(path, backbone: str, channels: int, size: int, heads=(10, 20
     cfg = load_config(
         "digits",
         {
-            "model": {"backbone": backbone, "heads": list(heads), "hidden_dim": 32, "out_dim": 16},
+            "model": {
+                "backbone": backbone,
+                "heads": list(heads),
+                "hidden_dim": 32,
+                "out_dim": 16,
+                "input_norm": input_norm,
+            },
             "augment": {"global_size": size},
         },
     )

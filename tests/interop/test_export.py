@@ -28,6 +28,24 @@ def test_torchvision_export_loads_strictly_into_torchvision(tmp_path):
         torch.testing.assert_close(net.eval()(x), model.features(x))
 
 
+def test_torchvision_export_says_how_to_standardise_images(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet18", 3, 32, input_norm="image")
+    out = tmp_path / "backbone.pth"
+    code, stdout, err = run_cli("export", ckpt, "--format", "torchvision", "--out", out)
+    assert code == 0, err
+    assert "model.input_norm=image" in stdout + err
+    net = torchvision.models.resnet18()
+    net.fc = nn.Identity()
+    net.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    model, _, _ = model_from_checkpoint(ckpt)
+    x = torch.randn(2, 3, 32, 32)
+    per_image = (x - x.mean((1, 2, 3), keepdim=True)) / x.std(
+        (1, 2, 3), keepdim=True, unbiased=False
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(per_image), model.features(x), atol=1e-4, rtol=1e-4)
+
+
 def test_torchvision_export_refuses_backbones_torchvision_lacks(tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet20", 1, 8)
     code, _, err = run_cli("export", ckpt, "--format", "torchvision", "--out", tmp_path / "x")
@@ -35,10 +53,11 @@ def test_torchvision_export_refuses_backbones_torchvision_lacks(tmp_path):
     assert err.startswith("error:") and "resnet20" in err and len(err.strip().splitlines()) == 1
 
 
-def test_onnx_export_matches_pytorch_with_dynamic_batch(tmp_path):
+@pytest.mark.parametrize("input_norm", ["none", "image"])
+def test_onnx_export_matches_pytorch_with_dynamic_batch(tmp_path, input_norm):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet20", 1, 8)
+    ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet20", 1, 8, input_norm=input_norm)
     out = tmp_path / "model.onnx"
     code, _, err = run_cli("export", ckpt, "--format", "onnx", "--out", out)
     assert code == 0, err
@@ -74,8 +93,9 @@ def test_onnx_legacy_exporter_also_gives_a_dynamic_batch(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
-def test_torchscript_export_matches_pytorch(tmp_path):
-    ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet20", 1, 8)
+@pytest.mark.parametrize("input_norm", ["none", "image"])
+def test_torchscript_export_matches_pytorch(tmp_path, input_norm):
+    ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet20", 1, 8, input_norm=input_norm)
     model, cfg, _ = model_from_checkpoint(ckpt)
     names = export_torchscript(model, cfg, tmp_path / "model.ts", channels=1, size=8)
     assert names == ["probs_0", "probs_1", "embedding"]

@@ -5,7 +5,7 @@ import torch
 
 from selfclassifier.model import SelfClassifier
 from selfclassifier.model.backbones import build_backbone
-from selfclassifier.model.classifier import NormalizedLinear, projection_mlp
+from selfclassifier.model.classifier import NormalizedLinear, projection_mlp, standardize_images
 
 
 def tiny_model(heads=(4, 6), channels=1, freeze_heads=False, batch_norm=True):
@@ -105,3 +105,38 @@ def test_projection_starts_from_the_authors_initialisation():
     assert abs(first.std().item() - 0.02) < 0.002 and first.abs().max() <= 2.0
     assert torch.all(model.projection[-1].bias == 0)
     assert all(torch.all(h.scale == 1) and h.scale.requires_grad for h in model.heads)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (3, 1, 8, 8), (2, 3, 5, 7)])
+def test_standardized_images_ignore_each_images_brightness_and_contrast(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(shape, generator=g)
+    gain = torch.rand(shape[0], 1, 1, 1, generator=g) * 3 + 0.1
+    offset = torch.randn(shape[0], 1, 1, 1, generator=g)
+    z = standardize_images(x)
+    torch.testing.assert_close(z.mean((1, 2, 3)), torch.zeros(shape[0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        z.std((1, 2, 3), unbiased=False), torch.ones(shape[0]), atol=1e-3, rtol=0
+    )
+    torch.testing.assert_close(standardize_images(x * gain + offset), z, atol=1e-3, rtol=1e-3)
+    flat = standardize_images(torch.full(shape, 0.7))
+    assert torch.isfinite(flat).all() and flat.abs().max() < 1e-3
+
+
+def test_input_norm_makes_the_model_blind_to_per_image_brightness():
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 8, 8)
+    gain = torch.tensor([0.3, 1.0, 2.0, 5.0]).view(4, 1, 1, 1)
+    offset = torch.tensor([0.5, -1.0, 0.2, 2.0]).view(4, 1, 1, 1)
+    for norm, blind in (("image", True), ("none", False)):
+        model = SelfClassifier(
+            build_backbone("resnet20", 1), heads=(4,), hidden_dim=16, out_dim=8, input_norm=norm
+        ).eval()
+        with torch.no_grad():
+            same = torch.allclose(model.embed(x), model.embed(x * gain + offset), atol=1e-4)
+        assert same is blind
+
+
+def test_unknown_input_norm_is_refused():
+    with pytest.raises(ValueError, match="input_norm"):
+        SelfClassifier(build_backbone("resnet20", 1), heads=(4,), input_norm="batch")
