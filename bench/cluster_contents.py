@@ -66,6 +66,8 @@ def contents(preds: np.ndarray, labels: np.ndarray, brightness: np.ndarray, min_
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    import torch
+
     from selfclassifier.data.decode import DataError
     from selfclassifier.data.sources import build_dataset
     from selfclassifier.inference import load_run
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mean, std = normalization(run.cfg.augment, run.channels)
     pixels = out.pixels.view(len(labels), run.channels, -1)
-    raw = pixels * torch_tensor(std).view(1, -1, 1) + torch_tensor(mean).view(1, -1, 1)
+    raw = pixels * torch.tensor(std).view(1, -1, 1) + torch.tensor(mean).view(1, -1, 1)
     brightness = raw.mean((1, 2)).numpy()
     preds = out.probs[head].argmax(1).numpy()
     keep = labels >= 0
@@ -111,12 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     for s in splits:
         print(f"| {s['label']} | c{s['cluster']} | {s['images']} | {s['mean_intensity']:.3f} |")
     return 0
-
-
-def torch_tensor(values):
-    import torch
-
-    return torch.tensor(values, dtype=torch.float32)
 
 
 if __name__ == "__main__":

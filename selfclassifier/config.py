@@ -86,9 +86,8 @@ class ModelConfig:
     input_norm: str = _f(
         "none",
         "none | image: standardise each input image to zero mean and unit variance over its "
-        "pixels before the backbone, so global brightness and contrast carry no signal (not in "
-        "the paper; for grayscale sets such as Fashion-MNIST, where clusters otherwise follow "
-        "garment brightness).",
+        "pixels before the backbone, so a per-image brightness gain or offset carries no "
+        "signal (not in the paper; on Fashion-MNIST it did not change ACC, docs/RESULTS.md).",
     )
     mlp_init: str = _f(
         "trunc_normal",

@@ -65,8 +65,9 @@ def torchvision_state_dict(model: SelfClassifier, cfg: Config) -> tuple[dict, st
         notes.append(f"the input convolution takes {channels} channel(s), not 3: replace it first")
     if model.input_norm == "image":
         notes.append(
-            "the model standardises each image (model.input_norm=image): feed the backbone "
-            "(x - x.mean()) / x.std() per image, over all its pixels, after the usual normalisation"
+            "the model standardises each image (model.input_norm=image): after the usual "
+            "normalisation feed the backbone (x - mean) / sqrt(var + 1e-5), mean and population "
+            "variance over all of that image's pixels"
         )
     state = {k: v.detach().clone().contiguous() for k, v in backbone.net.state_dict().items()}
     return state, arch, notes
