@@ -294,7 +294,7 @@ def test_classes_flag_conflicts_and_bad_values_are_one_line(tmp_path):
     assert "at least 2 classes" in err and "\n" not in err
 
 
-def test_a_run_with_input_norm_predicts_the_same_for_brighter_images(make_images, tmp_path):
+def test_a_run_with_input_norm_embeds_brighter_images_the_same(make_images, tmp_path):
     import selfclassifier
 
     images = make_images(per_class=8, size=(16, 16))
