@@ -151,6 +151,23 @@ class AugmentConfig:
     )
     blur_sigma: list[float] = _f([0.1, 2.0], "Range of the blur's sigma, in pixels of the crop.")
     solarize: list[float] = _f([0.0, 0.2, 0.0], "Solarisation probability, same layout as blur.")
+    gamma: float = _f(
+        0.0,
+        "Probability of a random gamma (x ** g per image, after colour jitter): changes the "
+        "tone curve, which brightness and contrast (linear) cannot. Not in the paper.",
+    )
+    gamma_range: list[float] = _f(
+        [0.5, 2.0], "Range of the random gamma g, drawn log-uniformly (g < 1 lightens)."
+    )
+    erase: float = _f(
+        0.0,
+        "Probability of random erasing: one rectangle of the view set to black, the last op "
+        "before noise and normalisation (torchvision's RandomErasing, value 0). Not in the paper.",
+    )
+    erase_scale: list[float] = _f(
+        [0.02, 0.33], "Area range of the erased rectangle, fraction of the view."
+    )
+    erase_ratio: list[float] = _f([0.3, 3.3], "Aspect-ratio range of the erased rectangle.")
     noise: float = _f(0.0, "Std of additive Gaussian pixel noise (0..1 scale) for small images.")
     mean: list[float] | None = _f(
         None, "Normalisation mean per channel; None: ImageNet's for RGB, 0.5 for grayscale."
@@ -439,6 +456,13 @@ def _check_scale(key: str, scale: list[float]) -> None:
     )
 
 
+def _check_positive_range(key: str, pair: list[float]) -> None:
+    _check(
+        len(pair) == 2 and 0 < pair[0] <= pair[1],
+        f"{key} must be [low, high] with 0 < low <= high, got {pair}",
+    )
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible values with one line naming the key and what is allowed."""
     m, a, o, t, lo = cfg.model, cfg.augment, cfg.optim, cfg.train, cfg.loss
@@ -492,11 +516,10 @@ def validate(cfg: Config) -> None:
     _check(a.global_size >= 1 and a.local_size >= 1, "augment sizes must be >= 1 pixel")
     _check_scale("augment.global_scale", a.global_scale)
     _check_scale("augment.local_scale", a.local_scale)
-    _check(
-        len(a.ratio) == 2 and 0 < a.ratio[0] <= a.ratio[1],
-        f"augment.ratio must be [low, high] with 0 < low <= high, got {a.ratio}",
-    )
-    for key in ("hflip", "jitter", "grayscale"):
+    _check_scale("augment.erase_scale", a.erase_scale)
+    for key in ("ratio", "gamma_range", "erase_ratio"):
+        _check_positive_range(f"augment.{key}", getattr(a, key))
+    for key in ("hflip", "jitter", "grayscale", "gamma", "erase"):
         v = getattr(a, key)
         _check(0 <= v <= 1, f"augment.{key} is a probability in [0, 1], got {v}")
     for key in ("blur", "solarize"):

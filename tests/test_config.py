@@ -50,6 +50,11 @@ def test_round_trip_through_yaml_and_dict():
         ({"augment": {"local_scale": [0.2, 1.5]}}, "augment.local_scale"),
         ({"train": {"queue_size": 10, "batch_size": 64}}, "train.queue_size"),
         ({"model": {"input_norm": "batch"}}, "model.input_norm must be none or image"),
+        ({"augment": {"gamma": 1.5}}, "augment.gamma is a probability"),
+        ({"augment": {"gamma_range": [0.0, 2.0]}}, "augment.gamma_range must be [low, high]"),
+        ({"augment": {"erase": -0.1}}, "augment.erase is a probability"),
+        ({"augment": {"erase_scale": [0.3, 0.1]}}, "augment.erase_scale"),
+        ({"augment": {"erase_ratio": [3.0]}}, "augment.erase_ratio must be [low, high]"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(override, fragment):

@@ -103,6 +103,12 @@ def random_crop_boxes(n: int, scale, ratio, g: torch.Generator, device, attempts
     Like torchvision: draw area and log-uniform aspect; retry draws that do not fit, and fall
     back to the whole image (clamped) when none of ``attempts`` fits.
     """
+    centre, size, _ = _fitting_boxes(n, scale, ratio, g, device, attempts)
+    return centre, size
+
+
+def _fitting_boxes(n: int, scale, ratio, g: torch.Generator, device, attempts: int):
+    """``random_crop_boxes`` plus (n,) whether any attempt fitted (else the box is clamped)."""
     area = _uniform(n * attempts, scale[0], scale[1], g, device)
     log_r = _uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), g, device)
     r = torch.exp(log_r)
@@ -116,7 +122,7 @@ def random_crop_boxes(n: int, scale, ratio, g: torch.Generator, device, attempts
     w, h = pick(w).clamp(max=1), pick(h).clamp(max=1)
     cx = (1 - w) * torch.rand(n, generator=g, device=device) + w / 2
     cy = (1 - h) * torch.rand(n, generator=g, device=device) + h / 2
-    return torch.stack([cx, cy], 1), torch.stack([w, h], 1)
+    return torch.stack([cx, cy], 1), torch.stack([w, h], 1), fits.any(0)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -192,6 +198,30 @@ def gaussian_blur_batched(
     return y.reshape(b, c, h, w)
 
 
+def _random_gamma(x: torch.Tensor, p: float, low: float, high: float, d: _Draws) -> torch.Tensor:
+    """``x ** g`` with probability ``p``, g log-uniform in [low, high] per sample (x in [0, 1])."""
+    g = torch.exp(d.uniform(math.log(low), math.log(high)))
+    # Not in place: on an accelerator ``_masked`` still needs the untouched ``x``.
+    power = lambda t, rows: t.pow(_take(g, rows, t).view(-1, 1, 1, 1))  # noqa: E731
+    return _masked(x, d.bernoulli(p), power, inplace=True)
+
+
+def _random_erase(x: torch.Tensor, p: float, scale, ratio, d: _Draws) -> torch.Tensor:
+    """Set one rectangle of each view to 0 with probability ``p`` (torchvision's
+    RandomErasing with value 0: area fraction uniform in ``scale``, log-uniform aspect, ten
+    tries, nothing erased when none fits)."""
+    centre, size, fits = _fitting_boxes(d.total, scale, ratio, d.g, d.device, attempts=10)
+    centre, size, do = centre[d.rows], size[d.rows], d.bernoulli(p) & fits[d.rows]
+    h, w = x.shape[-2:]
+    # Pixel centres as fractions of the view; a pixel is erased when its centre is inside.
+    ys = (torch.arange(h, device=x.device, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5) / w
+    inside_y = (ys[None] - centre[:, 1:2]).abs() < size[:, 1:2] / 2  # (B, H)
+    inside_x = (xs[None] - centre[:, 0:1]).abs() < size[:, 0:1] / 2  # (B, W)
+    box = inside_y[:, :, None] & inside_x[:, None, :] & do.view(-1, 1, 1)
+    return x.masked_fill_(box[:, None], 0.0)
+
+
 def _rotate(x: torch.Tensor, degrees: float, d: _Draws) -> torch.Tensor:
     """Rotate each image by its own angle, uniform in +-degrees, black fill (like v2)."""
     n, dev = x.shape[0], x.device
@@ -244,8 +274,9 @@ class BatchedPhotometric:
 
     ``__call__`` takes the fast path's uint8 crops (one (B, C, s, s) or, with
     ``channels_last``, (B, s, s, C) tensor per view) and applies flip, rotation, colour
-    jitter, grayscale, blur, solarisation, noise and normalisation. ``photometric`` is the
-    part ``BatchedMultiCrop`` shares (its affine crop already flips and rotates).
+    jitter, grayscale, gamma, blur, solarisation, erasing, noise and normalisation.
+    ``photometric`` is the part ``BatchedMultiCrop`` shares (its affine crop already flips
+    and rotates).
     """
 
     def __init__(self, cfg: AugmentConfig, channels: int, dtype: torch.dtype = torch.float32):
@@ -353,12 +384,15 @@ class BatchedPhotometric:
     def photometric(
         self, x: torch.Tensor, spec: ViewSpec, d: _Draws, host: torch.Generator
     ) -> torch.Tensor:
-        """Colour jitter, grayscale, blur, solarise, noise on float (B, C, s, s) in [0, 1]."""
+        """Colour jitter, grayscale, gamma, blur, solarise, erasing, noise on float
+        (B, C, s, s) in [0, 1]."""
         cfg = self.cfg
         y = self.color(x, d, host) if cfg.jitter > 0 else x
         if self.channels == 3 and cfg.grayscale > 0:
             gray = d.bernoulli(cfg.grayscale)
             y = _masked(y, gray, lambda t, rows: _gray(t).expand_as(t).contiguous(), True)
+        if cfg.gamma > 0:
+            y = _random_gamma(y, cfg.gamma, cfg.gamma_range[0], cfg.gamma_range[1], d)
         if spec.blur > 0:
             sigma = d.uniform(cfg.blur_sigma[0], cfg.blur_sigma[1]).clamp(min=1e-3)
             do = d.bernoulli(spec.blur)
@@ -369,6 +403,8 @@ class BatchedPhotometric:
             do = d.bernoulli(spec.solarize)
             # min(t, 1 - t) is 1 - t exactly where t >= 0.5 (uint8 >= 128), t elsewhere.
             y = _masked(y, do, lambda t, rows: torch.minimum(t, 1 - t), True)
+        if cfg.erase > 0:
+            y = _random_erase(y, cfg.erase, cfg.erase_scale, cfg.erase_ratio, d)
         if cfg.noise > 0:
             y = (y + cfg.noise * d.normal(y.shape).to(y.dtype)).clamp(0, 1)
         return y

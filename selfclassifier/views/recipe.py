@@ -2,7 +2,8 @@
 
 Every view draws a random-resized crop (area ``scale``, aspect ``ratio``), a horizontal flip,
 an optional small rotation, colour jitter (brightness, contrast, saturation, hue), random
-grayscale, Gaussian blur and solarisation with its kind's probability, then is normalised.
+grayscale, an optional random gamma, Gaussian blur and solarisation with its kind's
+probability, optional random erasing, then is normalised.
 View kinds: global crop 1, global crops 2.., local crops (DINO's asymmetric blur and
 solarisation). ``ClassicMultiCrop`` runs it per sample with torchvision transforms in loader
 workers (the paper's pipeline); ``crops.py`` and ``batched.py`` run the same recipe faster.
@@ -72,6 +73,20 @@ class _RandomBlur(torch.nn.Module):
         return self.blur(x) if torch.rand(()) < self.p else x
 
 
+class _RandomGamma(torch.nn.Module):
+    """``x ** g`` with probability ``p``, g log-uniform in ``bounds`` (uint8 or float image)."""
+
+    def __init__(self, p: float, bounds: tuple[float, float]):
+        super().__init__()
+        self.p, self.log_low, self.log_high = p, math.log(bounds[0]), math.log(bounds[1])
+
+    def forward(self, x):
+        if torch.rand(()) >= self.p:
+            return x
+        g = math.exp(self.log_low + (self.log_high - self.log_low) * float(torch.rand(())))
+        return v2.functional.adjust_gamma(x, g)
+
+
 class _Noise(torch.nn.Module):
     def __init__(self, std: float):
         super().__init__()
@@ -122,11 +137,19 @@ class ClassicMultiCrop:
             ops.append(v2.RandomApply(color, p=cfg.jitter))
         if channels == 3 and cfg.grayscale > 0:
             ops.append(v2.RandomGrayscale(cfg.grayscale))
+        if cfg.gamma > 0:
+            ops.append(_RandomGamma(cfg.gamma, tuple(cfg.gamma_range)))
         if spec.blur > 0:
             ops.append(_RandomBlur(spec.blur, tuple(cfg.blur_sigma), spec.size))
         if spec.solarize > 0:
             ops.append(v2.RandomSolarize(128, p=spec.solarize))
         ops.append(v2.ToDtype(torch.float32, scale=True))
+        if cfg.erase > 0:
+            ops.append(
+                v2.RandomErasing(
+                    cfg.erase, scale=tuple(cfg.erase_scale), ratio=tuple(cfg.erase_ratio), value=0
+                )
+            )
         if cfg.noise > 0:
             ops.append(_Noise(cfg.noise))
         ops.append(v2.Normalize(mean, std))

@@ -107,8 +107,24 @@ def test_fast_and_classic_views_have_the_same_statistics(classic_reference, dtyp
         assert stats_agree(a, b), f"view {k}: {view_stats(a)[0]} vs {view_stats(b)[0]}"
 
 
+def test_fast_and_classic_agree_with_gamma_and_erasing():
+    """The two optional ops (off in the paper's recipe) draw the same views in both engines."""
+    cfg = small_recipe(gamma=0.6, gamma_range=[0.4, 2.5], erase=0.6)
+    classic = classic_draws(cfg, colourful(), N_DRAWS)
+    fast = fast_draws(cfg, colourful(), N_DRAWS)
+    for k, (a, b) in enumerate(zip(classic, fast, strict=True)):
+        assert stats_agree(a, b), f"view {k}: {view_stats(a)[0]} vs {view_stats(b)[0]}"
+
+
 @pytest.mark.parametrize(
-    "change", [{"jitter": 0.0}, {"grayscale": 0.8}, {"solarize": [0.0, 0.9, 0.0]}]
+    "change",
+    [
+        {"jitter": 0.0},
+        {"grayscale": 0.8},
+        {"solarize": [0.0, 0.9, 0.0]},
+        {"gamma": 0.9, "gamma_range": [2.0, 3.0]},
+        {"erase": 0.9, "erase_scale": [0.2, 0.4]},
+    ],
 )
 def test_statistics_comparison_detects_a_different_recipe(classic_reference, change):
     """Negative control: the comparison above has the power to see a changed recipe."""
@@ -172,7 +188,9 @@ def fired(kind: str, out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
         return (out.amax(1) - out.amin(1)).amax((1, 2)) < 0.02
     if kind == "solarize":
         return out.mean((1, 2, 3)) < 0.5
-    diff = (out - reference).abs().mean((1, 2, 3))  # blur, jitter: the image changed
+    if kind == "erase":  # some pixel black (the ramp's darkest is 20 / 255)
+        return (out.amax(1) < 0.01).flatten(1).any(1)
+    diff = (out - reference).abs().mean((1, 2, 3))  # blur, jitter, gamma: the image changed
     return diff > 1e-3
 
 
@@ -187,6 +205,8 @@ CASES = [
         "ramp",
         0,
     ),
+    ("gamma", {"gamma": 0.45, "gamma_range": [1.5, 2.5]}, "ramp", 0),
+    ("erase", {"erase": 0.3, "erase_scale": [0.05, 0.2]}, "ramp", 1),
 ]
 
 
@@ -229,7 +249,7 @@ def test_batched_hue_matches_torchvision_per_sample():
 
 def test_gpu_branch_gives_the_same_views_as_the_cpu_branch(monkeypatch):
     """``_masked`` computes selected rows only on CPU and uses torch.where elsewhere."""
-    cfg = small_recipe()
+    cfg = small_recipe(gamma=0.5, erase=0.5)
     cpu = fast_draws(cfg, colourful(), 64)
     monkeypatch.setattr(augment, "_rows_are_cheap", lambda device: False)
     where = fast_draws(cfg, colourful(), 64)
@@ -266,6 +286,7 @@ def test_batched_stage_reads_nothing_back_on_an_accelerator(monkeypatch):
     monkeypatch.setattr(augment, "_op_order", order)
     cfg = load_config("imagenet").augment
     cfg.global_size, cfg.local_size, cfg.local_crops, cfg.rotation = 16, 8, 2, 5.0
+    cfg.gamma, cfg.erase = 0.5, 0.5
     stage = augment.BatchedPhotometric(cfg, 3, torch.bfloat16)
     views = [torch.randint(0, 256, (4, s, s, 3), dtype=torch.uint8) for s in (16, 16, 8, 8)]
     g = torch.Generator().manual_seed(0)
@@ -293,7 +314,9 @@ def test_batched_views_shapes_and_determinism(channels):
 
 def test_views_do_not_depend_on_how_the_batch_is_split():
     """Each rank augments its rows of the global batch: the same views as one process."""
-    cfg = AugmentConfig(global_size=12, local_size=6, local_crops=2, noise=0.05, rotation=10.0)
+    cfg = AugmentConfig(
+        global_size=12, local_size=6, local_crops=2, noise=0.05, rotation=10.0, gamma=0.5, erase=0.5
+    )
     aug = BatchedMultiCrop(cfg, channels=3)
     images = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8)
     whole = aug(images, torch.Generator().manual_seed(7))
@@ -317,3 +340,42 @@ def test_blur_preserves_constant_images_and_smooths_noise():
     blurred = gaussian_blur_batched(noise, torch.tensor([0.1, 2.0]))
     assert blurred[1].std() < 0.5 * noise[1].std()  # strong blur smooths
     assert (blurred[0] - noise[0]).abs().max() < 1e-3  # sigma 0.1 is almost identity
+
+
+@pytest.mark.parametrize("engine", ["classic", "fast"])
+def test_gamma_is_a_power_with_a_log_uniform_exponent_in_range(engine):
+    """On a flat grey image every view is grey ** g; g stays in range, log-uniform."""
+    low, high = 0.5, 2.0
+    cfg = only(gamma=1.0, gamma_range=[low, high])
+    grey = Image.fromarray(np.full((16, 16, 3), 128, np.uint8))
+    n = 400
+    out = unnormalise((classic_draws if engine == "classic" else fast_draws)(cfg, grey, n)[0], cfg)
+    v = out.mean((1, 2, 3)).double()
+    g = torch.log(v) / math.log(128 / 255)
+    slack = 0.02 if engine == "classic" else 1e-3  # classic rounds to uint8
+    assert (g >= low - slack).all() and (g <= high + slack).all()
+    assert (out.std((1, 2, 3)) < 1e-5).all()  # a tone curve keeps a flat image flat
+    # log g uniform on [log low, log high]: mean 0 here, std (log 4) / sqrt(12)
+    log_g = torch.log(g)
+    assert abs(log_g.mean().item()) < 4.5 * (math.log(4) / math.sqrt(12)) / math.sqrt(n)
+    assert abs(log_g.std().item() - math.log(4) / math.sqrt(12)) < 0.05
+
+
+@pytest.mark.parametrize("engine", ["classic", "fast"])
+def test_erasing_blacks_out_one_rectangle_of_the_allowed_area(engine):
+    lo, hi = 0.1, 0.3
+    cfg = only(erase=1.0, erase_scale=[lo, hi])
+    bright = Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
+    out = unnormalise(
+        (classic_draws if engine == "classic" else fast_draws)(cfg, bright, 200)[0], cfg
+    )
+    for view in out:
+        black = view.amax(0) < 0.01
+        rows, cols = black.any(1).nonzero().squeeze(1), black.any(0).nonzero().squeeze(1)
+        assert rows.numel() and cols.numel()
+        box = black[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.all(), "the erased pixels form one filled rectangle"
+        area = black.float().mean().item()
+        # whole pixels: up to a pixel row and column of rounding either way
+        assert lo - 2 * math.sqrt(hi) / 16 <= area <= hi + 2 * math.sqrt(hi) / 16 + 1 / 256
+        assert (view[:, ~black] > 0.7).all()  # the rest untouched
