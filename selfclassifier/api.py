@@ -151,7 +151,8 @@ class Predictor(LoadedRun):
 
     @torch.no_grad()
     def embed(self, images: Images, batch_size: int = 256) -> torch.Tensor:
-        """L2-normalised embeddings (N, out_dim), what the heads classify."""
+        """L2-normalised embeddings (N, embed_dim: out_dim, or heads x out_dim with per-head
+        projections), what the heads classify."""
         return torch.cat(
             [self.model.embed(b).float().cpu() for b in self._batches(images, batch_size)]
         )

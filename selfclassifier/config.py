@@ -83,6 +83,14 @@ class ModelConfig:
         "and local crops (the authors' code). false: one MLP call per crop resolution (this "
         "package's earlier behaviour). The backbone always runs once per resolution.",
     )
+    head_projection: str = _f(
+        "shared",
+        "shared: one projection MLP feeds every head (the authors' code). per_head: each head "
+        "has its own MLP and embedding, so candidate heads of one class count explore "
+        "independently over the shared backbone; the embedding that kNN, the NN queue and "
+        "the tools read is then every head's unit embedding concatenated, scaled to unit "
+        "norm (len(heads) x out_dim wide). Not in the paper.",
+    )
     input_norm: str = _f(
         "none",
         "none | image: standardise each input image to zero mean and unit variance over its "
@@ -467,6 +475,10 @@ def validate(cfg: Config) -> None:
     """Reject impossible values with one line naming the key and what is allowed."""
     m, a, o, t, lo = cfg.model, cfg.augment, cfg.optim, cfg.train, cfg.loss
     _check(len(m.heads) >= 1, "model.heads must list at least one head, e.g. [10]")
+    _check(
+        m.head_projection in ("shared", "per_head"),
+        f"model.head_projection must be shared or per_head, got '{m.head_projection}'",
+    )
     for i, c in enumerate(m.heads):
         _check(c >= 2, f"model.heads[{i}] = {c}: a head needs at least 2 classes")
     _check(m.mlp_layers >= 1, f"model.mlp_layers must be >= 1, got {m.mlp_layers}")

@@ -34,6 +34,7 @@ def build_model(cfg: Config, channels: int, image_size: int) -> SelfClassifier:
         joint_projection=m.joint_projection,
         mlp_init=m.mlp_init,
         input_norm=m.input_norm,
+        head_projection=m.head_projection,
     )
 
 

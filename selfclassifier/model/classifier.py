@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -116,17 +117,26 @@ class SelfClassifier(nn.Module):
         joint_projection: bool = True,
         mlp_init: str = "trunc_normal",
         input_norm: str = "none",
+        head_projection: str = "shared",
     ):
         super().__init__()
+        if head_projection not in ("shared", "per_head"):
+            raise ValueError(f"head_projection must be shared or per_head, got {head_projection!r}")
         if input_norm not in ("none", "image"):
             raise ValueError(f"input_norm must be none or image, got {input_norm!r}")
         self.input_norm = input_norm
         if not heads:
             raise ValueError("at least one classification head is needed")
         self.backbone = backbone
-        self.projection = projection_mlp(
-            backbone.out_dim, hidden_dim, out_dim, mlp_layers, batch_norm, activation, mlp_init
-        )
+
+        def mlp() -> nn.Sequential:
+            return projection_mlp(
+                backbone.out_dim, hidden_dim, out_dim, mlp_layers, batch_norm, activation, mlp_init
+            )
+
+        self.out_dim, self.per_head = out_dim, head_projection == "per_head"
+        # per_head: projection[h] feeds head h (a ModuleList); shared: one MLP, as the authors.
+        self.projection = nn.ModuleList(mlp() for _ in heads) if self.per_head else mlp()
         self.heads = nn.ModuleList(NormalizedLinear(out_dim, c, head_norm) for c in heads)
         self.joint_projection = joint_projection
         if freeze_heads:
@@ -142,16 +152,34 @@ class SelfClassifier(nn.Module):
             images = standardize_images(images)
         return self.backbone(images)
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of ``embed``'s output: out_dim, or len(heads) x out_dim with per-head MLPs."""
+        return self.out_dim * (len(self.heads) if self.per_head else 1)
+
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embedding (B, out_dim) of backbone features."""
-        return F.normalize(self.projection(features), dim=1, eps=1e-7)
+        """L2-normalised embedding (B, embed_dim) of backbone features.
+
+        With per-head projections: each head's unit embedding, concatenated and divided by
+        sqrt(len(heads)), so the whole is unit-norm and its cosine similarity is the mean of
+        the heads' cosines."""
+        if not self.per_head:
+            return F.normalize(self.projection(features), dim=1, eps=1e-7)
+        parts = [F.normalize(mlp(features), dim=1, eps=1e-7) for mlp in self.projection]
+        return torch.cat(parts, dim=1) / math.sqrt(len(parts))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embedding (B, out_dim) of a batch of images."""
+        """L2-normalised embedding (B, embed_dim) of a batch of images."""
         return self.project(self.features(images))
 
     def classify(self, embedding: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every head for normalised embeddings: list of (B, C_h)."""
+        if self.per_head:  # head h reads its own part, back at unit norm
+            parts = embedding.split(self.out_dim, dim=1)
+            return [
+                head(F.normalize(part, dim=1, eps=1e-7))
+                for head, part in zip(self.heads, parts, strict=True)
+            ]
         return [head(embedding) for head in self.heads]
 
     def probabilities(self, embedding: torch.Tensor, row_tau: float) -> list[torch.Tensor]:

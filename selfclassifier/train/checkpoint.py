@@ -214,6 +214,7 @@ RESUME_KEYS = (
     ("model", "heads"),
     ("model", "hidden_dim"),
     ("model", "out_dim"),
+    ("model", "head_projection"),
     ("model", "mlp_layers"),
     ("model", "batch_norm"),
     ("model", "activation"),

@@ -143,7 +143,7 @@ class Trainer:
                 )
             self.model.backbone.requires_grad_(False)
         self.queue = (
-            NNQueue(cfg.train.queue_size, cfg.model.out_dim).to(self.device)
+            NNQueue(cfg.train.queue_size, self.model.embed_dim).to(self.device)
             if cfg.train.queue_size > 0
             else None
         )

@@ -308,3 +308,29 @@ def test_a_run_with_input_norm_embeds_brighter_images_the_same(make_images, tmp_
     assert model.cfg.model.input_norm == "image"
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(model.embed(x * 2.5 + 0.7), model.embed(x), atol=1e-4, rtol=1e-4)
+
+
+def test_per_head_projections_train_with_a_queue_evaluate_and_predict(make_images, tmp_path):
+    import selfclassifier
+
+    images = make_images(per_class=8, size=(16, 16))
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        "train", "--data", images, "--out", out, "--epochs", "2", "--batch-size", "12",
+        *TINY, *heads(4, 4, 8), *FOLDER, "--set", "model.head_projection=per_head",
+        "--set", "train.queue_size=24",
+    )  # fmt: skip
+    assert code == 0, err
+    model = selfclassifier.load(out / "checkpoint.pt", device="cpu")
+    assert model.embed(torch.randn(3, 3, 16, 16)).shape == (3, 3 * 16)
+    code, text, err = run_cli(
+        "evaluate", out / "checkpoint.pt", "--data", images, "--device", "cpu"
+    )
+    assert code == 0, err
+    assert "knn" in text.lower() or "nmi" in text.lower()
+    # resuming with the other layout is refused: the tensors differ
+    code, _, err = run_cli(
+        "train", "--data", images, "--out", out, "--epochs", "3", "--batch-size", "12",
+        *TINY, *heads(4, 4, 8), *FOLDER, "--resume",
+    )  # fmt: skip
+    assert code != 0 and "head_projection" in err and "\n" not in err.strip()

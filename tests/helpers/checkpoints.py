@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 
-def make_checkpoint(
-    path, backbone: str, channels: int, size: int, heads=(10, 20), input_norm: str = "none"
-):
-    """A checkpoint as train writes it, with random weights and non-trivial BN statistics."""
+def make_checkpoint(path, backbone: str, channels: int, size: int, heads=(10, 20), **model_keys):
+    """A checkpoint as train writes it, with random weights and non-trivial BN statistics;
+    ``model_keys``: further ``model`` settings (input_norm, head_projection, ...)."""
     from selfclassifier.config import load_config
     from selfclassifier.model.build import build_model
     from selfclassifier.storage import FORMAT, save_atomic
@@ -27,7 +26,7 @@ def make_checkpoint(
                 "heads": list(heads),
                 "hidden_dim": 32,
                 "out_dim": 16,
-                "input_norm": input_norm,
+                **model_keys,
             },
             "augment": {"global_size": size},
         },

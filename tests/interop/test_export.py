@@ -53,11 +53,18 @@ def test_torchvision_export_refuses_backbones_torchvision_lacks(tmp_path):
     assert err.startswith("error:") and "resnet20" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("input_norm", ["none", "image"])
-def test_onnx_export_matches_pytorch_with_dynamic_batch(tmp_path, input_norm):
+MODEL_VARIANTS = [
+    {"input_norm": "none"},
+    {"input_norm": "image"},
+    {"head_projection": "per_head"},
+]
+
+
+@pytest.mark.parametrize("model_keys", MODEL_VARIANTS, ids=lambda k: "-".join(k.values()))
+def test_onnx_export_matches_pytorch_with_dynamic_batch(tmp_path, model_keys):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet20", 1, 8, input_norm=input_norm)
+    ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet20", 1, 8, **model_keys)
     out = tmp_path / "model.onnx"
     code, _, err = run_cli("export", ckpt, "--format", "onnx", "--out", out)
     assert code == 0, err
@@ -73,7 +80,7 @@ def test_onnx_export_matches_pytorch_with_dynamic_batch(tmp_path, input_norm):
         got = session.run(None, {"images": x.numpy()})
         with torch.no_grad():
             want = deploy(x)
-        assert [g.shape for g in got] == [(batch, 10), (batch, 20), (batch, 16)]
+        assert [g.shape for g in got] == [(batch, 10), (batch, 20), (batch, model.embed_dim)]
         for g, w in zip(got, want, strict=True):
             assert float((torch.from_numpy(g) - w).abs().max()) < 1e-4
 
@@ -93,9 +100,9 @@ def test_onnx_legacy_exporter_also_gives_a_dynamic_batch(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
-@pytest.mark.parametrize("input_norm", ["none", "image"])
-def test_torchscript_export_matches_pytorch(tmp_path, input_norm):
-    ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet20", 1, 8, input_norm=input_norm)
+@pytest.mark.parametrize("model_keys", MODEL_VARIANTS, ids=lambda k: "-".join(k.values()))
+def test_torchscript_export_matches_pytorch(tmp_path, model_keys):
+    ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet20", 1, 8, **model_keys)
     model, cfg, _ = model_from_checkpoint(ckpt)
     names = export_torchscript(model, cfg, tmp_path / "model.ts", channels=1, size=8)
     assert names == ["probs_0", "probs_1", "embedding"]

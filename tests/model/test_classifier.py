@@ -140,3 +140,47 @@ def test_input_norm_makes_the_model_blind_to_per_image_brightness():
 def test_unknown_input_norm_is_refused():
     with pytest.raises(ValueError, match="input_norm"):
         SelfClassifier(build_backbone("resnet20", 1), heads=(4,), input_norm="batch")
+
+
+def per_head_model(heads=(4, 4, 6)):
+    return SelfClassifier(
+        build_backbone("resnet20", 1), heads=heads, hidden_dim=16, out_dim=8,
+        head_projection="per_head",
+    )  # fmt: skip
+
+
+def test_per_head_embedding_is_unit_norm_and_each_head_reads_its_own_mlp():
+    model = per_head_model().eval()
+    x = torch.randn(5, 1, 8, 8)
+    e = model.embed(x)
+    assert e.shape == (5, model.embed_dim) == (5, 3 * 8)
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(5))
+    f = model.features(x)
+    for h, logits in enumerate(model(x)):
+        own = torch.nn.functional.normalize(model.projection[h](f), dim=1)
+        torch.testing.assert_close(logits, model.heads[h](own))
+    # the whole embedding's cosine is the mean of the heads' cosines
+    y = torch.randn(5, 1, 8, 8)
+    parts = zip(e.split(8, 1), model.embed(y).split(8, 1), strict=True)
+    mean_cos = torch.stack([(a * b).sum(1) * 3 for a, b in parts]).mean(0)
+    torch.testing.assert_close((e * model.embed(y)).sum(1), mean_cos)
+
+
+def test_per_head_mlps_are_independent_candidates():
+    """A loss on head 0 trains projection 0 and the backbone, never another head's MLP."""
+    model = per_head_model()
+    model(torch.randn(6, 1, 8, 8))[0].square().sum().backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.projection[0].parameters()
+    )
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.projection[1].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+    # and two heads of one class count start from different MLPs
+    assert not torch.equal(model.projection[0][0].weight, model.projection[1][0].weight)
+
+
+def test_shared_projection_keeps_the_authors_layout():
+    model = tiny_model()
+    assert model.embed_dim == 8 and isinstance(model.projection, torch.nn.Sequential)
+    with pytest.raises(ValueError, match="head_projection"):
+        SelfClassifier(build_backbone("resnet20", 1), heads=(4,), head_projection="each")
