@@ -55,6 +55,36 @@ def standardize_images(images: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return ((x - mean) * torch.rsqrt(var + eps)).to(images.dtype)
 
 
+class GroupedLinear(nn.Module):
+    """``groups`` independent Linear layers run as one: (B, G * in) -> (B, G * out).
+
+    Group g maps input block g to output block g with its own ``weight[g]`` (out, in) and
+    ``bias[g]``; with ``shared_input`` every group reads the same (B, in) input (the first layer
+    of per-head MLPs), which is one matrix product. Each group is initialised like an
+    ``nn.Linear`` of its own, so G groups equal G separate layers, only faster.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, groups: int, bias: bool, shared_input: bool):
+        super().__init__()
+        self.groups, self.in_dim, self.out_dim = groups, in_dim, out_dim
+        self.shared_input = shared_input
+        self.weight = nn.Parameter(torch.empty(groups, out_dim, in_dim))
+        self.bias = nn.Parameter(torch.empty(groups, out_dim)) if bias else None
+        for g in range(groups):  # nn.Linear's own initialisation, per group
+            nn.init.kaiming_uniform_(self.weight[g], a=5**0.5)
+            if self.bias is not None:
+                nn.init.uniform_(self.bias[g], -(in_dim**-0.5), in_dim**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared_input:
+            y = F.linear(x, self.weight.reshape(-1, self.in_dim))
+        else:
+            blocks = x.view(x.shape[0], self.groups, self.in_dim).transpose(0, 1)  # (G, B, in)
+            y = torch.bmm(blocks, self.weight.transpose(1, 2)).transpose(0, 1)
+            y = y.reshape(x.shape[0], -1)
+        return y if self.bias is None else y + self.bias.reshape(-1)
+
+
 def projection_mlp(
     in_dim: int,
     hidden_dim: int,
@@ -63,12 +93,16 @@ def projection_mlp(
     batch_norm: bool = True,
     activation: str = "leaky_relu",
     init: str = "trunc_normal",
+    groups: int = 1,
 ) -> nn.Sequential:
     """``layers`` linear layers; every one but the last is followed by BN and the activation.
 
     A Linear followed by BN has no bias: BN's mean subtraction cancels it (the authors' MLP has
     one, whose gradient is zero in training mode; ``convert`` folds it into BN's running mean).
     ``init="trunc_normal"``: weights N(0, 0.02) truncated at +-2, biases 0 (the authors' MLP).
+    ``groups`` > 1: that many independent MLPs on the same input, output (B, groups * out_dim)
+    (block g is MLP g's); BatchNorm and the activation act per feature, so sharing those
+    modules across the groups changes nothing.
     """
     acts = {"leaky_relu": lambda: nn.LeakyReLU(0.01), "relu": nn.ReLU, "gelu": nn.GELU}
     if activation not in acts:
@@ -77,14 +111,18 @@ def projection_mlp(
     dims = [in_dim] + [hidden_dim] * (layers - 1) + [out_dim]
     for k in range(layers):
         last = k == layers - 1
-        mods.append(nn.Linear(dims[k], dims[k + 1], bias=last or not batch_norm))
+        bias = last or not batch_norm
+        if groups == 1:
+            mods.append(nn.Linear(dims[k], dims[k + 1], bias=bias))
+        else:
+            mods.append(GroupedLinear(dims[k], dims[k + 1], groups, bias, shared_input=k == 0))
         if not last:
             if batch_norm:
-                mods.append(nn.BatchNorm1d(dims[k + 1]))
+                mods.append(nn.BatchNorm1d(groups * dims[k + 1]))
             mods.append(acts[activation]())
     if init == "trunc_normal":
         for mod in mods:
-            if isinstance(mod, nn.Linear):
+            if isinstance(mod, nn.Linear | GroupedLinear):
                 nn.init.trunc_normal_(mod.weight, std=0.02)
                 if mod.bias is not None:
                     nn.init.zeros_(mod.bias)
@@ -129,14 +167,12 @@ class SelfClassifier(nn.Module):
             raise ValueError("at least one classification head is needed")
         self.backbone = backbone
 
-        def mlp() -> nn.Sequential:
-            return projection_mlp(
-                backbone.out_dim, hidden_dim, out_dim, mlp_layers, batch_norm, activation, mlp_init
-            )
-
         self.out_dim, self.per_head = out_dim, head_projection == "per_head"
-        # per_head: projection[h] feeds head h (a ModuleList); shared: one MLP, as the authors.
-        self.projection = nn.ModuleList(mlp() for _ in heads) if self.per_head else mlp()
+        # per_head: one grouped MLP whose output block h feeds head h; shared: the authors' MLP.
+        self.projection = projection_mlp(
+            backbone.out_dim, hidden_dim, out_dim, mlp_layers, batch_norm, activation, mlp_init,
+            groups=len(heads) if self.per_head else 1,
+        )  # fmt: skip
         self.heads = nn.ModuleList(NormalizedLinear(out_dim, c, head_norm) for c in heads)
         self.joint_projection = joint_projection
         if freeze_heads:
@@ -163,10 +199,11 @@ class SelfClassifier(nn.Module):
         With per-head projections: each head's unit embedding, concatenated and divided by
         sqrt(len(heads)), so the whole is unit-norm and its cosine similarity is the mean of
         the heads' cosines."""
+        z = self.projection(features)
         if not self.per_head:
-            return F.normalize(self.projection(features), dim=1, eps=1e-7)
-        parts = [F.normalize(mlp(features), dim=1, eps=1e-7) for mlp in self.projection]
-        return torch.cat(parts, dim=1) / math.sqrt(len(parts))
+            return F.normalize(z, dim=1, eps=1e-7)
+        parts = F.normalize(z.view(z.shape[0], len(self.heads), self.out_dim), dim=2, eps=1e-7)
+        return parts.flatten(1) / math.sqrt(len(self.heads))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised embedding (B, embed_dim) of a batch of images."""

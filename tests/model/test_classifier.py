@@ -5,7 +5,12 @@ import torch
 
 from selfclassifier.model import SelfClassifier
 from selfclassifier.model.backbones import build_backbone
-from selfclassifier.model.classifier import NormalizedLinear, projection_mlp, standardize_images
+from selfclassifier.model.classifier import (
+    GroupedLinear,
+    NormalizedLinear,
+    projection_mlp,
+    standardize_images,
+)
 
 
 def tiny_model(heads=(4, 6), channels=1, freeze_heads=False, batch_norm=True):
@@ -149,38 +154,52 @@ def per_head_model(heads=(4, 4, 6)):
     )  # fmt: skip
 
 
-def test_per_head_embedding_is_unit_norm_and_each_head_reads_its_own_mlp():
+def test_per_head_embedding_is_unit_norm_and_each_head_reads_its_own_block():
     model = per_head_model().eval()
     x = torch.randn(5, 1, 8, 8)
     e = model.embed(x)
     assert e.shape == (5, model.embed_dim) == (5, 3 * 8)
     torch.testing.assert_close(e.norm(dim=1), torch.ones(5))
-    f = model.features(x)
+    z = model.projection(model.features(x))  # (5, 3 * 8): block h is head h's MLP output
     for h, logits in enumerate(model(x)):
-        own = torch.nn.functional.normalize(model.projection[h](f), dim=1)
+        own = torch.nn.functional.normalize(z[:, 8 * h : 8 * (h + 1)], dim=1)
         torch.testing.assert_close(logits, model.heads[h](own))
     # the whole embedding's cosine is the mean of the heads' cosines
-    y = torch.randn(5, 1, 8, 8)
-    parts = zip(e.split(8, 1), model.embed(y).split(8, 1), strict=True)
+    f = model.embed(torch.randn(5, 1, 8, 8))
+    parts = zip(e.split(8, 1), f.split(8, 1), strict=True)
     mean_cos = torch.stack([(a * b).sum(1) * 3 for a, b in parts]).mean(0)
-    torch.testing.assert_close((e * model.embed(y)).sum(1), mean_cos)
+    torch.testing.assert_close((e * f).sum(1), mean_cos)
+
+
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_grouped_linear_equals_separate_linear_layers(shared_input):
+    groups, d_in, d_out = 3, 5, 4
+    layer = GroupedLinear(d_in, d_out, groups, bias=True, shared_input=shared_input)
+    x = torch.randn(6, d_in if shared_input else groups * d_in)
+    want = []
+    for g in range(groups):
+        xg = x if shared_input else x[:, g * d_in : (g + 1) * d_in]
+        want.append(torch.nn.functional.linear(xg, layer.weight[g], layer.bias[g]))
+    torch.testing.assert_close(layer(x), torch.cat(want, 1))
 
 
 def test_per_head_mlps_are_independent_candidates():
-    """A loss on head 0 trains projection 0 and the backbone, never another head's MLP."""
+    """A loss on head 0 trains MLP 0 and the backbone, never another head's MLP."""
     model = per_head_model()
     model(torch.randn(6, 1, 8, 8))[0].square().sum().backward()
-    assert all(
-        p.grad is not None and p.grad.abs().sum() > 0 for p in model.projection[0].parameters()
-    )
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.projection[1].parameters())
+    grouped = [m for m in model.projection if isinstance(m, GroupedLinear)]
+    assert len(grouped) == 2
+    for layer in grouped:
+        assert layer.weight.grad[0].abs().sum() > 0
+        assert layer.weight.grad[1:].abs().sum() == 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
     # and two heads of one class count start from different MLPs
-    assert not torch.equal(model.projection[0][0].weight, model.projection[1][0].weight)
+    assert not torch.equal(grouped[0].weight[0], grouped[0].weight[1])
 
 
 def test_shared_projection_keeps_the_authors_layout():
     model = tiny_model()
-    assert model.embed_dim == 8 and isinstance(model.projection, torch.nn.Sequential)
+    assert model.embed_dim == 8
+    assert not any(isinstance(m, GroupedLinear) for m in model.projection)
     with pytest.raises(ValueError, match="head_projection"):
         SelfClassifier(build_backbone("resnet20", 1), heads=(4,), head_projection="each")
