@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfclassifier.report.embedding_map import MAP_PX, class_colours, layout_2d, to_pixels
+from selfclassifier.report.embedding_map import (
+    MAP_PX,
+    class_colours,
+    layout_2d,
+    render_map,
+    to_pixels,
+)
 from selfclassifier.report.gallery import summarize_classes, write_report
 from tests.helpers.pages import (
     assert_img_srcs_resolve,
@@ -202,11 +208,23 @@ def test_map_png_has_its_size_and_one_colour_per_class(tmp_path):
     points = to_pixels(layout.xy, MAP_PX, pad=4 * 3 + 8)
     colours = class_colours(c.class_id for c in summarize_classes(preds, confidences))
     pixels = np.asarray(image)
-    hits = [
-        tuple(pixels[y, x]) == colours[preds[i]]
-        for i, (x, y) in zip(layout.indices, points, strict=True)
-    ]
-    assert np.mean(hits) > 0.8  # the rest lie under a later dot or a class id
+    classes = preds[layout.indices]
+    drawn = render_map(layout.xy, classes, colours, seed=0)
+    assert np.array_equal(np.asarray(drawn.image), pixels)  # the file is this drawing
+    # A dot keeps its colour unless a dot of another colour drawn after it, or a class id,
+    # covers its centre; every other dot must show its class's colour.
+    order = np.empty(len(points), int)
+    order[np.random.default_rng(0).permutation(len(points))] = np.arange(len(points))
+    covered = 0
+    for k, (x, y) in enumerate(points):
+        dist = np.hypot(*(points - (x, y)).T)
+        later = (dist <= drawn.radius) & (classes != classes[k]) & (order > order[k])
+        near_id = any(abs(x - ax) <= 14 and abs(y - ay) <= 14 for ax, ay in drawn.anchors.values())
+        if later.any() or near_id:
+            covered += 1
+        else:
+            assert tuple(pixels[y, x]) == colours[int(classes[k])], f"dot {k}"
+    assert len(points) - covered >= 10  # enough dots checked for the test to mean something
     counts = {c: int(np.all(pixels == c, axis=-1).sum()) for c in colours.values()}
     assert all(n > 100 for n in counts.values()), counts
     page = index.read_text(encoding="utf-8")
