@@ -61,7 +61,8 @@ class GroupedLinear(nn.Module):
     Group g maps input block g to output block g with its own ``weight[g]`` (out, in) and
     ``bias[g]``; with ``shared_input`` every group reads the same (B, in) input (the first layer
     of per-head MLPs), which is one matrix product. Each group is initialised like an
-    ``nn.Linear`` of its own, so G groups equal G separate layers, only faster.
+    ``nn.Linear`` of its own, so G groups compute what G separate layers would, in one module
+    (on digits' 8 px ResNet-20 this did not shorten a run: 257-279 s against 267 s).
     """
 
     def __init__(self, in_dim: int, out_dim: int, groups: int, bias: bool, shared_input: bool):
