@@ -372,7 +372,19 @@ def parse_set(assignments: list[str]) -> dict:
     return out
 
 
-CANDIDATE_HEADS = 6  # what the digits preset measured (docs/RESULTS.md): six 10-class heads
+CANDIDATE_HEADS = 6  # what the shared-projection presets measured (docs/RESULTS.md)
+
+
+def preset_candidates(heads: list[int]) -> int:
+    """How many candidate heads ``train --classes K`` gives on a preset with these ``heads``: as
+    many as the preset repeats its first head size (the digits preset: 16), or
+    ``CANDIDATE_HEADS`` where it does not repeat it (one head per size, e.g. ImageNet's).
+
+    >>> preset_candidates([10] * 16 + [20, 40]), preset_candidates([1000, 2000])
+    (16, 6)
+    """
+    repeats = list(heads).count(heads[0]) if heads else 0
+    return repeats if repeats > 1 else CANDIDATE_HEADS
 
 
 def heads_for_classes(k: int, candidates: int = CANDIDATE_HEADS) -> list[int]:

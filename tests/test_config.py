@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from selfclassifier.config import (
+    CANDIDATE_HEADS,
     Config,
     ConfigError,
     from_dict,
@@ -11,6 +12,7 @@ from selfclassifier.config import (
     list_presets,
     load_config,
     parse_set,
+    preset_candidates,
     to_yaml,
 )
 
@@ -136,8 +138,10 @@ def test_a_config_written_before_the_fidelity_keys_keeps_its_meaning():
 def test_heads_for_classes_are_candidates_plus_over_clustering():
     assert heads_for_classes(10) == [10] * 6 + [20, 40]
     assert heads_for_classes(3, candidates=2) == [3, 3, 6, 12]
-    # The shortcut reproduces the digits preset's heads, the ones docs/RESULTS.md measured.
-    assert heads_for_classes(10) == load_config("digits").model.heads
+    # With the preset's candidate count it reproduces the digits preset's heads (RESULTS.md).
+    digits = load_config("digits").model.heads
+    assert heads_for_classes(10, preset_candidates(digits)) == digits
+    assert preset_candidates(digits) == 16 and preset_candidates([1000, 2000]) == CANDIDATE_HEADS
     for bad in (1, 0, -5, True, 2.5):
         with pytest.raises(ConfigError, match="at least 2 classes"):
             heads_for_classes(bad)

@@ -9,6 +9,7 @@ from selfclassifier.config import (
     list_presets,
     load_config,
     parse_set,
+    preset_candidates,
 )
 from selfclassifier.errors import CLIError
 
@@ -32,9 +33,9 @@ def add_parsers(sub) -> None:
         "--classes",
         type=int,
         metavar="K",
-        help="about how many classes to find: sets model.heads to 6 candidate heads of K "
-        "classes (the lowest-loss one is selected after training, without labels) plus "
-        "over-clustering heads of 2K and 4K",
+        help="about how many classes to find: sets model.heads to candidate heads of K "
+        "classes (as many as the preset trains, 6 where it has one; the lowest-loss one is "
+        "selected after training, without labels) plus over-clustering heads of 2K and 4K",
     )
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--lr", type=float, help="learning rate per 256 images (scaled linearly)")
@@ -116,7 +117,8 @@ def _cli_overrides(args) -> dict:
     if args.classes is not None:
         if "heads" in assignments.get("model", {}):
             raise CLIError("--classes K sets model.heads; give --classes or --set model.heads")
-        out.setdefault("model", {})["heads"] = heads_for_classes(args.classes)
+        candidates = preset_candidates(load_config(args.config).model.heads)
+        out.setdefault("model", {})["heads"] = heads_for_classes(args.classes, candidates)
     for section, values in assignments.items():
         out.setdefault(section, {}).update(values)
     return out

@@ -87,6 +87,26 @@ def test_digits_in_memory_run_writes_config_and_checkpoint(tmp_path):
     assert ckpt["data"]["channels"] == 1 and ckpt["queue"]["count"].item() == 1200
 
 
+def test_digits_preset_as_shipped_selects_one_of_its_per_head_candidates(tmp_path):
+    """What `make demo` runs (every model key as shipped: 16 candidates with a projection
+    each), shortened to two epochs on digits' test split."""
+    out = tmp_path / "demo"
+    code, _, err = run_cli("train", "--out", out, "--epochs", "2", *DIGITS_TEST)
+    assert code == 0, err
+    preset = load_config("digits").model
+    assert preset.head_projection == "per_head" and preset.heads.count(10) == 16
+    result = json.loads((out / "eval.json").read_text())["heads"]
+    assert [h["classes"] for h in result] == preset.heads
+    ten = [h for h in result if h["classes"] == 10]
+    picked = [h for h in ten if h["selected"]]
+    assert len(picked) == 1
+    assert picked[0]["selection_loss"] == min(h["selection_loss"] for h in ten)
+    import selfclassifier
+
+    model = selfclassifier.load(out / "checkpoint.pt", device="cpu")  # one embedding per head
+    assert model.model.embed_dim == len(preset.heads) * preset.out_dim
+
+
 def test_resume_flag_requires_a_checkpoint(tmp_path):
     code, _, err = run_cli("train", "--out", tmp_path / "empty", "--resume", *TINY, *heads(4, 6))
     assert code == 2 and "no checkpoint" in err
@@ -280,6 +300,22 @@ def test_bad_data_path(tmp_path, kind):
     assert code == 2
     assert_one_error_line(err, str(data_dir))
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("preset", "k", "heads"),
+    [
+        ("digits", 5, [5] * 16 + [10, 20]),  # the preset's 16 candidates, at the new K
+        ("images_cpu", 20, [20] * 6 + [40, 80]),
+        ("imagenet", 100, [100] * 6 + [200, 400]),  # one head per size: six candidates
+    ],
+)
+def test_classes_flag_keeps_the_presets_number_of_candidates(preset, k, heads):
+    from selfclassifier.cli import build_parser
+    from selfclassifier.cli.train import _cli_overrides
+
+    args = build_parser().parse_args(["train", "--config", preset, "--classes", str(k)])
+    assert load_config(preset, _cli_overrides(args)).model.heads == heads
 
 
 def test_classes_flag_conflicts_and_bad_values_are_one_line(tmp_path):

@@ -30,14 +30,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 # ----------------------------------------------------------------------------- the tiny model
 
-# Small, quick models for end-to-end runs: the point is the plumbing, not accuracy.
-TINY_MODEL = {"backbone": "resnet20", "hidden_dim": 32, "out_dim": 16}
+# Small, quick models for end-to-end runs: the point is the plumbing, not accuracy. One
+# shared projection (the authors' design; the digits preset has one per head), so the
+# embedding is out_dim wide; tests of per_head ask for it.
+TINY_MODEL = {"backbone": "resnet20", "hidden_dim": 32, "out_dim": 16, "head_projection": "shared"}
 
 TINY = [
     "--device", "cpu",
     "--set", "model.backbone=resnet20",
     "--set", "model.hidden_dim=32",
     "--set", "model.out_dim=16",
+    "--set", "model.head_projection=shared",
 ]  # fmt: skip
 
 # digits' 450-image test split: the data of most end-to-end runs.

@@ -26,6 +26,7 @@ def make_checkpoint(path, backbone: str, channels: int, size: int, heads=(10, 20
                 "heads": list(heads),
                 "hidden_dim": 32,
                 "out_dim": 16,
+                "head_projection": "shared",  # the digits preset's per_head only where asked
                 **model_keys,
             },
             "augment": {"global_size": size},
