@@ -34,7 +34,7 @@ def add_parsers(sub) -> None:
         type=int,
         metavar="K",
         help="about how many classes to find: sets model.heads to candidate heads of K "
-        "classes (as many as the preset trains, 6 where it has one; the lowest-loss one is "
+        "classes (as many as the preset repeats its first head, else 6; the lowest-loss one is "
         "selected after training, without labels) plus over-clustering heads of 2K and 4K",
     )
     p.add_argument("--batch-size", type=int, help="global batch size")
