@@ -33,58 +33,36 @@ def _check_positive_range(key: str, pair: list[float]) -> None:
     )
 
 
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    allowed = ", ".join(choices[:-1]) + " or " + choices[-1]
+    _check(value in choices, f"{key} must be {allowed}, got '{value}'")
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible values with one line naming the key and what is allowed."""
     m, a, o, t, lo = cfg.model, cfg.augment, cfg.optim, cfg.train, cfg.loss
     _check(len(m.heads) >= 1, "model.heads must list at least one head, e.g. [10]")
-    _check(
-        m.head_projection in ("shared", "per_head"),
-        f"model.head_projection must be shared or per_head, got '{m.head_projection}'",
-    )
+    _check_choice("model.head_projection", m.head_projection, ("shared", "per_head"))
     for i, c in enumerate(m.heads):
         _check(c >= 2, f"model.heads[{i}] = {c}: a head needs at least 2 classes")
     _check(m.mlp_layers >= 1, f"model.mlp_layers must be >= 1, got {m.mlp_layers}")
     _check(m.hidden_dim >= 1 and m.out_dim >= 1, "model.hidden_dim and model.out_dim must be >= 1")
-    _check(
-        m.activation in ("leaky_relu", "relu", "gelu"),
-        f"model.activation must be leaky_relu, relu or gelu, got '{m.activation}'",
-    )
-    _check(
-        m.head_norm in ("learnt", "fixed"),
-        f"model.head_norm must be learnt or fixed, got '{m.head_norm}'",
-    )
+    _check_choice("model.activation", m.activation, ("leaky_relu", "relu", "gelu"))
+    _check_choice("model.head_norm", m.head_norm, ("learnt", "fixed"))
     _check(
         not (m.head_scale and m.head_norm == "learnt"),
         "model.head_scale (a legacy fixed scale buffer) needs model.head_norm=fixed; "
         "for a trained norm use model.head_norm=learnt alone",
     )
-    _check(
-        m.mlp_init in ("trunc_normal", "torch"),
-        f"model.mlp_init must be trunc_normal or torch, got '{m.mlp_init}'",
-    )
-    _check(
-        m.input_norm in ("none", "image"),
-        f"model.input_norm must be none or image, got '{m.input_norm}'",
-    )
-    _check(
-        t.head_precision in ("fp32", "autocast"),
-        f"train.head_precision must be fp32 or autocast, got '{t.head_precision}'",
-    )
+    _check_choice("model.mlp_init", m.mlp_init, ("trunc_normal", "torch"))
+    _check_choice("model.input_norm", m.input_norm, ("none", "image"))
+    _check_choice("train.head_precision", t.head_precision, ("fp32", "autocast"))
     _check(lo.row_tau > 0, f"loss.row_tau must be > 0, got {lo.row_tau}")
     _check(lo.col_tau > 0, f"loss.col_tau must be > 0, got {lo.col_tau}")
     _check(lo.eps >= 0, f"loss.eps must be >= 0, got {lo.eps}")
-    _check(
-        a.pipeline in ("auto", "classic", "fast"),
-        f"augment.pipeline must be auto, classic or fast, got '{a.pipeline}'",
-    )
-    _check(
-        a.compute_dtype in ("auto", "bfloat16", "float32"),
-        f"augment.compute_dtype must be auto, bfloat16 or float32, got '{a.compute_dtype}'",
-    )
-    _check(
-        a.interpolation in ("bicubic", "bilinear"),
-        f"augment.interpolation must be bicubic or bilinear, got '{a.interpolation}'",
-    )
+    _check_choice("augment.pipeline", a.pipeline, ("auto", "classic", "fast"))
+    _check_choice("augment.compute_dtype", a.compute_dtype, ("auto", "bfloat16", "float32"))
+    _check_choice("augment.interpolation", a.interpolation, ("bicubic", "bilinear"))
     _check(a.global_crops >= 2, f"augment.global_crops must be >= 2, got {a.global_crops}")
     _check(a.local_crops >= 0, f"augment.local_crops must be >= 0, got {a.local_crops}")
     _check(a.global_size >= 1 and a.local_size >= 1, "augment sizes must be >= 1 pixel")
@@ -102,10 +80,7 @@ def validate(cfg: Config) -> None:
             len(v) == 3 and all(0 <= p <= 1 for p in v),
             f"augment.{key} must be 3 probabilities [global1, global2, local], got {v}",
         )
-    _check(
-        o.optimizer in ("sgd", "adamw", "lars"),
-        f"optim.optimizer must be sgd, adamw or lars, got '{o.optimizer}'",
-    )
+    _check_choice("optim.optimizer", o.optimizer, ("sgd", "adamw", "lars"))
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}")
@@ -124,18 +99,12 @@ def validate(cfg: Config) -> None:
         t.queue_size == 0 or t.queue_size > t.batch_size,
         f"train.queue_size ({t.queue_size}) must exceed train.batch_size ({t.batch_size}) or be 0",
     )
-    _check(
-        t.precision in ("auto", "fp32", "bf16", "fp16"),
-        f"train.precision must be auto, fp32, bf16 or fp16, got '{t.precision}'",
-    )
+    _check_choice("train.precision", t.precision, ("auto", "fp32", "bf16", "fp16"))
     _check(
         t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
         f"train.device must be auto, cpu, cuda or cuda:N, got '{t.device}'",
     )
-    _check(
-        cfg.data.split in ("train", "test", "all"),
-        f"data.split must be train, test or all, got '{cfg.data.split}'",
-    )
+    _check_choice("data.split", cfg.data.split, ("train", "test", "all"))
     _check(cfg.data.workers >= 0, f"data.workers must be >= 0, got {cfg.data.workers}")
     _check(
         cfg.data.path.strip() != "",
