@@ -1,6 +1,7 @@
 """Mean and std over seeds of each head's scores, from the eval.json of several runs.
 
     python bench/seeds_table.py runs/digits-s0 runs/digits-s1 runs/digits-s2
+    python bench/seeds_table.py s0.json s1.json s2.json   # files from evaluate --json
 
 prints one markdown row per head: classes, then NMI / AMI / ARI / ACC as mean +- std (the
 population std over the runs given), and each run's ACC of that head. When the runs chose
@@ -25,7 +26,8 @@ def row(name: str, classes: int, heads: list[dict]) -> str:
 
 
 def main(runs: list[str]) -> None:
-    results = [json.loads((Path(r) / "eval.json").read_text())["heads"] for r in runs]
+    files = [Path(r) if r.endswith(".json") else Path(r) / "eval.json" for r in runs]
+    results = [json.loads(f.read_text())["heads"] for f in files]
     print("| head | classes | NMI | AMI | ARI | ACC | ACC per run |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for h, heads in enumerate(zip(*results, strict=True)):

@@ -21,6 +21,7 @@ from selfclassifier.config import Config
 from selfclassifier.data.decode import DataError, UnreadableImage, open_image
 from selfclassifier.inference import LoadedRun, load_run
 from selfclassifier.model import SelfClassifier
+from selfclassifier.views import eval_side
 
 ImageLike = Image.Image | str | os.PathLike | np.ndarray
 Images = ImageLike | Sequence[ImageLike] | torch.Tensor
@@ -65,8 +66,8 @@ class Predictor(LoadedRun):
 
     @property
     def image_size(self) -> int:
-        """Side of the square model input (``augment.global_size``)."""
-        return self.cfg.augment.global_size
+        """Side of the square model input (``augment.eval_size``, or ``global_size`` when 0)."""
+        return eval_side(self.cfg.augment)
 
     @property
     def class_names(self) -> list[str]:

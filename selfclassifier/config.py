@@ -96,7 +96,9 @@ class ModelConfig:
         "none",
         "none | image: standardise each input image to zero mean and unit variance over its "
         "pixels before the backbone, so a per-image brightness gain or offset carries no "
-        "signal (not in the paper; on Fashion-MNIST it did not change ACC, docs/RESULTS.md).",
+        "signal | sobel: feed the backbone the horizontal and vertical Sobel gradients of the "
+        "channel mean (2 channels, DeepCluster's fixed filter: edges, not tone). Not in the "
+        "paper; on Fashion-MNIST neither changed ACC much (docs/RESULTS.md).",
     )
     mlp_init: str = _f(
         "trunc_normal",
@@ -136,6 +138,13 @@ class AugmentConfig:
     )
     global_crops: int = _f(2, "Number of global crops (>= 2).")
     global_size: int = _f(224, "Side of global crops in pixels.")
+    eval_size: int = _f(
+        0,
+        "Side of the deterministic input that evaluation, prediction and export use; 0 = "
+        "global_size (the authors' code: 224 for 224 crops). Random-resized crops magnify the "
+        "object, so a side a little above global_size can score higher at test time (FixRes, "
+        "Touvron et al. 2019; Fashion-MNIST: docs/RESULTS.md). Not in the paper.",
+    )
     global_scale: list[float] = _f([0.4, 1.0], "Area range of global crops, fraction of image.")
     local_crops: int = _f(6, "Number of local crops (0 disables multi-crop).")
     local_size: int = _f(96, "Side of local crops in pixels.")

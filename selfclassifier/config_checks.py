@@ -55,7 +55,7 @@ def validate(cfg: Config) -> None:
         "for a trained norm use model.head_norm=learnt alone",
     )
     _check_choice("model.mlp_init", m.mlp_init, ("trunc_normal", "torch"))
-    _check_choice("model.input_norm", m.input_norm, ("none", "image"))
+    _check_choice("model.input_norm", m.input_norm, ("none", "image", "sobel"))
     _check_choice("train.head_precision", t.head_precision, ("fp32", "autocast"))
     _check(lo.row_tau > 0, f"loss.row_tau must be > 0, got {lo.row_tau}")
     _check(lo.col_tau > 0, f"loss.col_tau must be > 0, got {lo.col_tau}")
@@ -66,6 +66,13 @@ def validate(cfg: Config) -> None:
     _check(a.global_crops >= 2, f"augment.global_crops must be >= 2, got {a.global_crops}")
     _check(a.local_crops >= 0, f"augment.local_crops must be >= 0, got {a.local_crops}")
     _check(a.global_size >= 1 and a.local_size >= 1, "augment sizes must be >= 1 pixel")
+    _check(a.eval_size >= 0, f"augment.eval_size must be >= 0 (0: global_size), got {a.eval_size}")
+    _check(
+        not m.freeze_backbone or a.eval_size in (0, a.global_size),
+        f"augment.eval_size {a.eval_size} with model.freeze_backbone: the feature cache keeps "
+        "the un-augmented image beside the global crops, so it must match augment.global_size; "
+        "set augment.eval_size=0",
+    )
     _check_scale("augment.global_scale", a.global_scale)
     _check_scale("augment.local_scale", a.local_scale)
     _check_scale("augment.erase_scale", a.erase_scale)

@@ -51,12 +51,17 @@ def test_round_trip_through_yaml_and_dict():
         ({"augment": {"global_scale": [0.0, 1.0]}}, "augment.global_scale"),
         ({"augment": {"local_scale": [0.2, 1.5]}}, "augment.local_scale"),
         ({"train": {"queue_size": 10, "batch_size": 64}}, "train.queue_size"),
-        ({"model": {"input_norm": "batch"}}, "model.input_norm must be none or image"),
+        ({"model": {"input_norm": "batch"}}, "model.input_norm must be none, image"),
         ({"augment": {"gamma": 1.5}}, "augment.gamma is a probability"),
         ({"augment": {"gamma_range": [0.0, 2.0]}}, "augment.gamma_range must be [low, high]"),
         ({"augment": {"erase": -0.1}}, "augment.erase is a probability"),
         ({"augment": {"erase_scale": [0.3, 0.1]}}, "augment.erase_scale"),
         ({"augment": {"erase_ratio": [3.0]}}, "augment.erase_ratio must be [low, high]"),
+        ({"augment": {"eval_size": -1}}, "augment.eval_size must be >= 0"),
+        (
+            {"augment": {"eval_size": 20}, "model": {"freeze_backbone": True}},
+            "augment.eval_size 20 with model.freeze_backbone",
+        ),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(override, fragment):
@@ -120,6 +125,7 @@ def test_defaults_and_imagenet_preset_are_the_authors():
     assert (o.weight_decay, o.no_bias_wd, o.exclude_norm_bias) == (1e-6, False, False)
     assert (t.batch_size, t.epochs, t.precision, t.head_precision) == (4092, 800, "fp32", "fp32")
     assert (t.queue_size, a.blur, a.solarize) == (262144, [0.1, 1.0, 0.5], [0.0, 0.2, 0.0])
+    assert a.eval_size == 0  # evaluation at the crops' 224 px, as their Resize + CenterCrop
 
 
 def test_a_config_written_before_the_fidelity_keys_keeps_its_meaning():

@@ -15,3 +15,18 @@ def test_match_channels_converts_in_memory_images():
     back = match_channels(rgb, 1)
     assert torch.equal(back.images, grey.images)  # luma weights sum to 1
     assert match_channels(grey, 1) is grey
+
+
+def test_extract_runs_the_model_at_eval_size(digits_run):
+    """augment.eval_size changes what the backbone sees (digits: 8 px crops, 12 px input)."""
+    from selfclassifier.data.sources import build_dataset
+    from selfclassifier.inference import load_run
+
+    run = load_run(digits_run / "checkpoint.pt", "cpu")
+    ds = build_dataset("digits", split="test", mode=run.mode)
+    at_8 = run.extract(ds, batch_size=450, keep_pixels=True)
+    run.cfg.augment.eval_size = 12
+    at_12 = run.extract(ds, batch_size=450, keep_pixels=True)
+    assert at_8.pixels.shape == (450, 64) and at_12.pixels.shape == (450, 144)
+    assert at_12.features.shape == at_8.features.shape
+    assert not torch.allclose(at_12.features, at_8.features)

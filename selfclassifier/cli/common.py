@@ -21,6 +21,23 @@ def _inference_flags(p, batch_default: int = 256) -> None:
     p.add_argument(
         "--workers", type=int, help="loader workers for image files (default: the run's config)"
     )
+    p.add_argument(
+        "--eval-size",
+        type=_positive_int,
+        metavar="PX",
+        help="side of the model input (default: the run's augment.eval_size, or its "
+        "global_size); a little above the training crops' side can score higher",
+    )
+
+
+def _load_for_inference(args):
+    """The checkpoint's :class:`LoadedRun` on ``--device``, at ``--eval-size`` if given."""
+    from selfclassifier.inference import load_run
+
+    run = load_run(args.checkpoint, args.device)
+    if args.eval_size is not None:
+        run.cfg.augment.eval_size = args.eval_size
+    return run
 
 
 def _print_json(obj) -> None:

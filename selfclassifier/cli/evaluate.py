@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from selfclassifier.cli.common import _inference_flags, _positive_int
+from selfclassifier.cli.common import _inference_flags, _load_for_inference, _positive_int
 from selfclassifier.errors import CLIError
 
 
@@ -80,13 +80,14 @@ def cmd_evaluate(args) -> int:
 
     from selfclassifier.evaluate.command import EvalOptions, evaluate_run, format_results
     from selfclassifier.evaluate.probes import PixelRun
-    from selfclassifier.inference import load_run
 
     if args.checkpoint is not None:
-        run = load_run(args.checkpoint, args.device)
+        run = _load_for_inference(args)
     elif args.features == "pixels" and args.data:
         if args.superclasses:
             raise CLIError("evaluate: --superclasses scores a model's heads; give a CHECKPOINT")
+        if args.eval_size is not None:
+            raise CLIError("evaluate: --eval-size sets a model's input side; give a CHECKPOINT")
         run = PixelRun.for_data(args.data, args.split or "all")
     else:
         raise CLIError(
@@ -138,10 +139,9 @@ def _predict_parser(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from selfclassifier.inference import load_run
     from selfclassifier.predict import predict_files, printable, write_csv
 
-    run = load_run(args.checkpoint, args.device)
+    run = _load_for_inference(args)
     heads = len(run.model.heads)
     if args.head is not None and not 0 <= args.head < heads:
         raise CLIError(f"--head {args.head}: the model has heads 0..{heads - 1}")
@@ -201,10 +201,9 @@ def _report_parser(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from selfclassifier.inference import load_run
     from selfclassifier.report.run import write_run_report
 
-    run = load_run(args.checkpoint, args.device)
+    run = _load_for_inference(args)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:

@@ -70,10 +70,11 @@ def cmd_export(args) -> int:
         export_torchscript,
         torchvision_state_dict,
     )
+    from selfclassifier.views import eval_side
 
     run = load_run(args.checkpoint, "cpu")
     model, cfg, channels = run.model, run.cfg, run.channels
-    size = cfg.augment.global_size
+    size = eval_side(cfg.augment)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.fmt == "torchvision":

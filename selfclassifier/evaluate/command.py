@@ -55,6 +55,7 @@ from selfclassifier.evaluate.scores import (
     superclass_scores_authors,
 )
 from selfclassifier.inference import LoadedRun, Outputs, _Transformed, match_channels
+from selfclassifier.views import eval_side
 
 __all__ = [
     "PROTOCOLS",
@@ -123,14 +124,17 @@ def evaluate_run(
         workers=workers,
         keep_pixels=opts.features == "pixels",
     )
-    log(f"running the model over {spec} ({split}, {len(ds)} images) on {run.device}")
+    side = eval_side(run.cfg.augment) if isinstance(run, LoadedRun) else None
+    at = f", {side} px input" if side else ""
+    log(f"running the model over {spec} ({split}, {len(ds)} images{at}) on {run.device}")
     out = extract_ds(ds)
     feats = functools.partial(
         features_of, kind=opts.features, aug=run.cfg.augment, channels=run.channels
     )
     result: dict = {
         "checkpoint": str(run.path),
-        "data": {"path": spec, "split": split, "samples": len(out)},
+        "data": {"path": spec, "split": split, "samples": len(out)}
+        | ({"input_size": side} if side else {}),
         "features": opts.features,
         "heads": run.mark_selection(head_scores(out)),
     }

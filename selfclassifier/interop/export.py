@@ -63,6 +63,12 @@ def torchvision_state_dict(model: SelfClassifier, cfg: Config) -> tuple[dict, st
     channels = _input_channels(backbone)
     if channels != 3 and not name.endswith("_small"):
         notes.append(f"the input convolution takes {channels} channel(s), not 3: replace it first")
+    if model.input_norm == "sobel":
+        notes.append(
+            "the model feeds the backbone two Sobel channels (model.input_norm=sobel): after the "
+            "usual normalisation average the image's channels, then convolve with "
+            "[[1, 0, -1], [2, 0, -2], [1, 0, -1]] and with its transpose (zero padding 1)"
+        )
     if model.input_norm == "image":
         notes.append(
             "the model standardises each image (model.input_norm=image): after the usual "

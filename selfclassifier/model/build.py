@@ -22,7 +22,7 @@ def config_of(ckpt: dict) -> Config:
 def build_model(cfg: Config, channels: int, image_size: int) -> SelfClassifier:
     m = cfg.model
     return SelfClassifier(
-        build_backbone(m.backbone, channels, image_size),
+        build_backbone(m.backbone, 2 if m.input_norm == "sobel" else channels, image_size),
         heads=m.heads,
         hidden_dim=m.hidden_dim,
         out_dim=m.out_dim,

@@ -55,6 +55,15 @@ def standardize_images(images: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return ((x - mean) * torch.rsqrt(var + eps)).to(images.dtype)
 
 
+def sobel_images(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 2, H, W): horizontal and vertical Sobel gradients of the channel
+    mean (zero padding), DeepCluster's fixed input filter: edges and shape, not tone."""
+    x = images.float().mean(dim=1, keepdim=True)
+    k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], device=x.device)
+    weight = torch.stack([k, k.t()]).unsqueeze(1)
+    return F.conv2d(x, weight, padding=1).to(images.dtype)
+
+
 class GroupedLinear(nn.Module):
     """``groups`` independent Linear layers run as one: (B, G * in) -> (B, G * out).
 
@@ -161,8 +170,8 @@ class SelfClassifier(nn.Module):
         super().__init__()
         if head_projection not in ("shared", "per_head"):
             raise ValueError(f"head_projection must be shared or per_head, got {head_projection!r}")
-        if input_norm not in ("none", "image"):
-            raise ValueError(f"input_norm must be none or image, got {input_norm!r}")
+        if input_norm not in ("none", "image", "sobel"):
+            raise ValueError(f"input_norm must be none, image or sobel, got {input_norm!r}")
         self.input_norm = input_norm
         if not heads:
             raise ValueError("at least one classification head is needed")
@@ -187,6 +196,8 @@ class SelfClassifier(nn.Module):
         """Backbone features (B, D), the representation kNN and linear probes use."""
         if self.input_norm == "image":
             images = standardize_images(images)
+        elif self.input_norm == "sobel":
+            images = sobel_images(images)
         return self.backbone(images)
 
     @property

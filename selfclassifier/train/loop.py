@@ -63,7 +63,7 @@ from selfclassifier.train.setup import (
     wrap_network,
 )
 from selfclassifier.train.tensorboard import MetricsBoard, require_tensorboard
-from selfclassifier.views import ViewSource
+from selfclassifier.views import ViewSource, eval_side
 
 
 class Trainer:
@@ -381,7 +381,12 @@ class Trainer:
             if losses is not None:
                 mark_selection(result["heads"], self.model.num_classes, losses)
             data = self.cfg.data
-            result["data"] = {"path": data.path, "split": data.split, "samples": len(self.dataset)}
+            result["data"] = {
+                "path": data.path,
+                "split": data.split,
+                "samples": len(self.dataset),
+                "input_size": eval_side(self.cfg.augment),
+            }
             write_text_atomic(self.out / "eval.json", json.dumps(result, indent=2))
         return result
 

@@ -17,6 +17,7 @@ from selfclassifier.views.order import epoch_order, local_batches
 from selfclassifier.views.recipe import (
     ClassicMultiCrop,
     ViewSpec,
+    eval_side,
     eval_transform,
     normalization,
     view_specs,
@@ -33,6 +34,7 @@ __all__ = [
     "ViewSpec",
     "compute_dtype",
     "epoch_order",
+    "eval_side",
     "eval_transform",
     "local_batches",
     "normalization",

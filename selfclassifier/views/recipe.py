@@ -159,10 +159,16 @@ class ClassicMultiCrop:
         return [view(image) for view in self.views]
 
 
+def eval_side(cfg: AugmentConfig) -> int:
+    """Side of the evaluation input: ``eval_size``, or ``global_size`` when it is 0."""
+    return cfg.eval_size or cfg.global_size
+
+
 def eval_transform(cfg: AugmentConfig, channels: int, from_files: bool) -> v2.Compose:
-    """Deterministic transform for evaluation and prediction: resize + centre crop + normalise."""
+    """Deterministic transform for evaluation and prediction: resize + centre crop + normalise,
+    at :func:`eval_side`."""
     mean, std = normalization(cfg, channels)
-    size = cfg.global_size
+    size = eval_side(cfg)
     ops = [v2.ToImage()]
     # ImageNet convention: resize the short side to size/0.875, then centre-crop; in-memory
     # datasets already have the training resolution's framing.

@@ -148,7 +148,10 @@ def test_fashion_mnist_cpu_recipe_runs_a_few_dozen_steps(tmp_path, one_thread):
     result = json.loads((out / "eval.json").read_text())
     preset_heads = load_config("fashion_mnist_cpu").model.heads
     assert [h["classes"] for h in result["heads"]] == preset_heads
-    assert result["data"] == {"path": str(data_dir), "split": "all", "samples": 128}
+    # scored at the preset's eval_size: its 16 px crops' images at 20 px
+    assert result["data"] == {
+        "path": str(data_dir), "split": "all", "samples": 128, "input_size": 20,
+    }  # fmt: skip
     assert result["heads"][0]["active_classes"] >= 2  # not collapsed
 
 

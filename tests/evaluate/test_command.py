@@ -52,7 +52,7 @@ def test_evaluate_defaults_reproduce_training_scores(digits_run, tmp_path):
     result = evaluate_json(tmp_path, str(digits_run / "checkpoint.pt"), "--batch-size", "512")
     assert set(result) == {"checkpoint", "data", "features", "heads", "heads_protocol"}
     assert result["heads_protocol"] == "ours"
-    assert result["data"] == {"path": "digits", "split": "test", "samples": 450}
+    assert result["data"] == {"path": "digits", "split": "test", "samples": 450, "input_size": 8}
     trained = json.loads((digits_run / "eval.json").read_text())["heads"]
     assert len(result["heads"]) == len(trained)
     for ours, theirs in zip(result["heads"], trained, strict=True):
@@ -222,7 +222,8 @@ def test_pixel_baselines_need_no_checkpoint(digits_run, tmp_path):
     args = ("--knn", "--linear", "--kmeans", "--features", "pixels", "--data", "digits")
     bare = evaluate_json(tmp_path, *args)
     with_model = evaluate_json(tmp_path, str(digits_run / "checkpoint.pt"), *args)
-    assert "heads" not in bare and bare["data"] == with_model["data"]
+    assert "heads" not in bare and "input_size" not in bare["data"]  # no model ran
+    assert bare["data"] == {k: v for k, v in with_model["data"].items() if k != "input_size"}
     for protocol in ("knn", "kmeans"):
         assert bare[protocol] == pytest.approx(with_model[protocol], abs=1e-6)
     assert bare["linear"]["top1"] == pytest.approx(with_model["linear"]["top1"], abs=0.02)
@@ -257,6 +258,7 @@ def test_pixel_baselines_on_an_idx_folder_at_native_size(tmp_path):
         (["--kmeans", "--data", "digits"], "give a CHECKPOINT"),
         (["--kmeans", "--features", "pixels", "--data", "{folder}"], "same-size images"),
         (["--features", "pixels", "--data", "digits", "--superclasses", "x"], "--superclasses"),
+        (["--features", "pixels", "--data", "digits", "--eval-size", "12"], "--eval-size"),
     ],
 )
 def test_checkpoint_free_evaluate_errors(tmp_path, args, message):
@@ -312,13 +314,29 @@ def test_evaluate_errors_are_one_line(digits_run, tmp_path, args, message):
     assert "Traceback" not in "\n".join(err)
 
 
+def test_eval_size_changes_the_input_and_is_recorded(digits_run, tmp_path):
+    """--eval-size runs the model at another side; the JSON says which, and the default is
+    the recorded one (digits: 8 px crops, so 8 px input)."""
+    ckpt = str(digits_run / "checkpoint.pt")
+    default = evaluate_json(tmp_path, ckpt)
+    code, _, err = run_cli("evaluate", ckpt, "--eval-size", "12", "--json", tmp_path / "e.json")
+    assert code == 0 and "450 images, 12 px input" in err
+    larger = json.loads((tmp_path / "e.json").read_text())
+    assert default["data"]["input_size"] == 8 and larger["data"]["input_size"] == 12
+    assert [h["classes"] for h in larger["heads"]] == [h["classes"] for h in default["heads"]]
+    for head in larger["heads"]:
+        assert_scores(head)
+    code, _, err = run_cli("evaluate", ckpt, "--eval-size", "0")
+    assert code == 2 and "--eval-size" in err
+
+
 # ----------------------------------------------------------------------------- image folders
 
 
 def test_evaluate_folder_without_splits_uses_a_holdout(folder_run, tmp_path):
     out, data = folder_run
     result = evaluate_json(tmp_path, str(out / "checkpoint.pt"), "--knn", "--linear", "--kmeans")
-    assert result["data"] == {"path": str(data), "split": "all", "samples": 24}
+    assert result["data"] == {"path": str(data), "split": "all", "samples": 24, "input_size": 12}
     knn = result["knn"]
     assert (knn["memory_samples"], knn["query_samples"]) == (18, 6)
     assert "hold-out" in knn["memory"] and "hold-out" in knn["queries"]

@@ -46,6 +46,24 @@ def test_torchvision_export_says_how_to_standardise_images(tmp_path):
         torch.testing.assert_close(net.eval()(per_image), model.features(x), atol=1e-4, rtol=1e-4)
 
 
+def test_torchvision_export_says_how_to_make_sobel_input(tmp_path):
+    from selfclassifier.model.classifier import sobel_images
+
+    ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet18", 3, 32, input_norm="sobel")
+    out = tmp_path / "backbone.pth"
+    code, stdout, err = run_cli("export", ckpt, "--format", "torchvision", "--out", out)
+    assert code == 0, err
+    assert "model.input_norm=sobel" in stdout + err and "2 channel(s)" in stdout + err
+    net = torchvision.models.resnet18()
+    net.fc = nn.Identity()
+    net.conv1 = nn.Conv2d(2, 64, 7, 2, 3, bias=False)
+    net.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    model, _, _ = model_from_checkpoint(ckpt)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(sobel_images(x)), model.features(x))
+
+
 def test_torchvision_export_refuses_backbones_torchvision_lacks(tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt.pt", "resnet20", 1, 8)
     code, _, err = run_cli("export", ckpt, "--format", "torchvision", "--out", tmp_path / "x")
@@ -56,6 +74,7 @@ def test_torchvision_export_refuses_backbones_torchvision_lacks(tmp_path):
 MODEL_VARIANTS = [
     {"input_norm": "none"},
     {"input_norm": "image"},
+    {"input_norm": "sobel"},
     {"head_projection": "per_head"},
 ]
 

@@ -9,6 +9,7 @@ from selfclassifier.model.classifier import (
     GroupedLinear,
     NormalizedLinear,
     projection_mlp,
+    sobel_images,
     standardize_images,
 )
 
@@ -140,6 +141,36 @@ def test_input_norm_makes_the_model_blind_to_per_image_brightness():
         with torch.no_grad():
             same = torch.allclose(model.embed(x), model.embed(x * gain + offset), atol=1e-4)
         assert same is blind
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sobel_images_are_edges_of_the_channel_mean(channels):
+    """Two channels: d/dx and d/dy of the grey image; flat regions and any offset give 0
+    inside the frame (the 3x3 filter's zero padding marks the border)."""
+    x = torch.zeros(2, channels, 8, 8)
+    x[0, :, :, 4:] = 1.0  # a vertical edge: only the horizontal gradient fires
+    x[1, :, 4:, :] = 1.0  # a horizontal edge: only the vertical gradient fires
+    e = sobel_images(x)
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    assert e.shape == (2, 2, 8, 8)
+    assert e[0, 0][1:-1, 3:5].abs().min() > 0 and e[0, 1][inner[2:]].abs().max() == 0
+    assert e[1, 1][3:5, 1:-1].abs().min() > 0 and e[1, 0][inner[2:]].abs().max() == 0
+    torch.testing.assert_close(sobel_images(x + 0.7)[inner], e[inner])
+    assert sobel_images(torch.full((1, channels, 6, 6), 0.3))[inner].abs().max() < 1e-6
+
+
+def test_sobel_input_norm_feeds_a_two_channel_backbone():
+    """model.input_norm=sobel: build_model gives the backbone 2 input channels whatever the
+    data's, and the model then runs on the data's images."""
+    from selfclassifier.config import load_config
+    from selfclassifier.model.build import build_model
+
+    cfg = load_config("digits", {"model": {"input_norm": "sobel", "backbone": "resnet8"}})
+    for channels in (1, 3):
+        model = build_model(cfg, channels, 8).eval()
+        assert model.backbone.stem[0].in_channels == 2
+        with torch.no_grad():
+            assert model.embed(torch.rand(3, channels, 8, 8)).shape == (3, model.embed_dim)
 
 
 def test_unknown_input_norm_is_refused():
