@@ -124,6 +124,22 @@ def test_predict_one_head_to_stdout(folder_run, tmp_path):
     assert [r[:2] for r in rows[1:]] == [[f, "1"] for f in files]
 
 
+def test_predict_at_another_eval_size(folder_run):
+    """--eval-size feeds the model larger input (the run trained on 12 px crops): same rows,
+    other confidences."""
+    out, data = folder_run
+    files = sorted(str(p) for p in (data / "red").glob("*.png"))[:3]
+    tables = []
+    for extra in ([], ["--eval-size", "16"]):
+        code, stdout, err = run_cli("predict", out / "checkpoint.pt", *files, "--out", "-", *extra)
+        assert code == 0, err
+        tables.append(list(csv.DictReader(io.StringIO(stdout))))
+    default, larger = tables
+    assert [(r["path"], r["head"]) for r in larger] == [(r["path"], r["head"]) for r in default]
+    pairs = zip(default, larger, strict=True)
+    assert max(abs(float(a["confidence"]) - float(b["confidence"])) for a, b in pairs) > 1e-4
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
