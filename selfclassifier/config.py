@@ -240,7 +240,10 @@ class TrainConfig:
     seed: int = _f(0, "Seed for weights, data order and augmentations.")
     device: str = _f("auto", "auto (cuda if available) | cpu | cuda | cuda:N.")
     precision: str = _f(
-        "auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with GradScaler)."
+        "auto",
+        "auto (bf16 on CUDA, fp32 on CPU) | native_bf16 (bf16 on CUDA and on CPUs with bf16 "
+        "in hardware, AVX512-BF16 or AMX; fp32 on other CPUs) | fp32 | bf16 | fp16 (with "
+        "GradScaler).",
     )
     head_precision: str = _f(
         "fp32",
@@ -263,7 +266,7 @@ class TrainConfig:
         "Frozen-backbone mode: if > 0, the last view of each sample is a random one of its k "
         "nearest neighbours in backbone-feature space (TEMI's pairing); 0 disables.",
     )
-    channels_last: bool = _f(True, "channels_last memory format on CUDA.")
+    channels_last: bool = _f(True, "channels_last memory format for the model and its views.")
     compile: bool = _f(False, "torch.compile the model (CUDA; measure before keeping it).")
     grad_checkpointing: bool = _f(
         False, "Recompute backbone activations in backward to save memory."

@@ -106,7 +106,7 @@ def validate(cfg: Config) -> None:
         t.queue_size == 0 or t.queue_size > t.batch_size,
         f"train.queue_size ({t.queue_size}) must exceed train.batch_size ({t.batch_size}) or be 0",
     )
-    _check_choice("train.precision", t.precision, ("auto", "fp32", "bf16", "fp16"))
+    _check_choice("train.precision", t.precision, ("auto", "native_bf16", "fp32", "bf16", "fp16"))
     _check(
         t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
         f"train.device must be auto, cpu, cuda or cuda:N, got '{t.device}'",

@@ -85,6 +85,17 @@ def test_bench_train_reports_throughput_memory_and_data_wait(bench_images, recip
     assert r["data"] == ("synthetic" if "--synthetic" in source else str(out))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bench_train_on_a_builtin_dataset_reports_its_precision(precision):
+    r = bench(
+        "train", "--config", "digits", "--images", "digits", "--steps", 2, "--warmup", 1,
+        "--batch-size", 8, "--device", "cpu", "--set", f"train.precision={precision}",
+    )  # fmt: skip
+    assert r["data"] == "digits" and r["images_per_s"] > 0
+    assert r["precision"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
+    assert r["channels_last"] is True
+
+
 def test_bench_rejects_bad_input_in_one_line(tmp_path):
     code, _, err = run_cli("bench", "data", "--images", tmp_path, "--pipeline", "turbo")
     assert code == 2 and err.startswith("error:") and "turbo" in err

@@ -37,7 +37,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--warmup", type=int, default=5)
     t.add_argument("--batch-size", type=int, default=256)
     src = t.add_mutually_exclusive_group()
-    src.add_argument("--images", help="a folder of images to load and augment")
+    src.add_argument(
+        "--images", help="a folder of images, or digits or fashion_mnist, to load and augment"
+    )
     src.add_argument("--synthetic", action="store_true", help="random in-memory images")
     t.add_argument("--workers", type=int, help="loader worker processes")
     t.add_argument("--device", default="auto")

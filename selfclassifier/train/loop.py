@@ -258,7 +258,7 @@ class Trainer:
         """
         cfg, state = self.cfg, self.state
         set_lr(self.optimizer, lr)
-        if self.device.type == "cuda" and cfg.train.channels_last and views[0].dim() == 4:
+        if cfg.train.channels_last and views[0].dim() == 4:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         with torch.autocast(
             self.device.type,
