@@ -22,7 +22,8 @@ from selfclassifier.train.guards import lock_output
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX): there bf16 autocast
-    roughly halves a small convnet's step; elsewhere oneDNN emulates it and it is slower."""
+    made the Fashion-MNIST preset's step 1.5-2.4x faster (docs/PERFORMANCE.md); elsewhere
+    oneDNN emulates bf16 and it is slower than float32."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
