@@ -400,19 +400,33 @@ def preset_candidates(heads: list[int]) -> int:
     return repeats if repeats > 1 else CANDIDATE_HEADS
 
 
-def heads_for_classes(k: int, candidates: int = CANDIDATE_HEADS) -> list[int]:
+def preset_over_clusters(heads: list[int]) -> bool:
+    """Whether a preset with these ``heads`` has over-clustering heads (a size other than its
+    first), so that ``train --classes K`` adds them at 2K and 4K: the digits and own-image
+    presets do, the Fashion-MNIST CPU preset (six 10-class candidates only) does not.
+
+    >>> preset_over_clusters([10] * 16 + [20, 40]), preset_over_clusters([10] * 6)
+    (True, False)
+    """
+    return any(h != heads[0] for h in heads)
+
+
+def heads_for_classes(
+    k: int, candidates: int = CANDIDATE_HEADS, over_clustering: bool = True
+) -> list[int]:
     """``model.heads`` for about ``k`` classes (``train --classes K``): ``candidates`` heads of
     k classes, among which training selects the lowest-loss one without labels
-    (``train.selection_passes``), plus over-clustering heads of 2k and 4k classes.
+    (``train.selection_passes``), plus over-clustering heads of 2k and 4k classes unless
+    ``over_clustering`` is false.
 
-    >>> heads_for_classes(10)
-    [10, 10, 10, 10, 10, 10, 20, 40]
+    >>> heads_for_classes(10), heads_for_classes(7, 3, over_clustering=False)
+    ([10, 10, 10, 10, 10, 10, 20, 40], [7, 7, 7])
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ConfigError(f"--classes K: a head needs at least 2 classes, got {k!r}")
     if candidates < 1:
         raise ConfigError(f"heads_for_classes: candidates must be >= 1, got {candidates}")
-    return [k] * candidates + [2 * k, 4 * k]
+    return [k] * candidates + ([2 * k, 4 * k] if over_clustering else [])
 
 
 def preset_path(name_or_file: str) -> Path:

@@ -13,6 +13,7 @@ from selfclassifier.config import (
     load_config,
     parse_set,
     preset_candidates,
+    preset_over_clusters,
     to_yaml,
 )
 
@@ -151,6 +152,15 @@ def test_heads_for_classes_are_candidates_plus_over_clustering():
     for bad in (1, 0, -5, True, 2.5):
         with pytest.raises(ConfigError, match="at least 2 classes"):
             heads_for_classes(bad)
+
+
+def test_classes_k_adds_over_clustering_heads_only_where_the_preset_has_them():
+    fm = load_config("fashion_mnist_cpu").model.heads  # six 10-class candidates, nothing else
+    assert not preset_over_clusters(fm)
+    assert heads_for_classes(10, preset_candidates(fm), preset_over_clusters(fm)) == fm
+    assert heads_for_classes(4, 2, over_clustering=False) == [4, 4]
+    for name in ("digits", "images_cpu", "images_gpu"):
+        assert preset_over_clusters(load_config(name).model.heads)
 
 
 @pytest.mark.parametrize("name", ["images_cpu", "images_gpu"])

@@ -10,6 +10,7 @@ from selfclassifier.config import (
     load_config,
     parse_set,
     preset_candidates,
+    preset_over_clusters,
 )
 from selfclassifier.errors import CLIError
 
@@ -35,7 +36,8 @@ def add_parsers(sub) -> None:
         metavar="K",
         help="about how many classes to find: sets model.heads to candidate heads of K "
         "classes (as many as the preset repeats its first head, else 6; the lowest-loss one is "
-        "selected after training, without labels) plus over-clustering heads of 2K and 4K",
+        "selected after training, without labels) plus over-clustering heads of 2K and 4K where "
+        "the preset has over-clustering heads",
     )
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--lr", type=float, help="learning rate per 256 images (scaled linearly)")
@@ -117,8 +119,10 @@ def _cli_overrides(args) -> dict:
     if args.classes is not None:
         if "heads" in assignments.get("model", {}):
             raise CLIError("--classes K sets model.heads; give --classes or --set model.heads")
-        candidates = preset_candidates(load_config(args.config).model.heads)
-        out.setdefault("model", {})["heads"] = heads_for_classes(args.classes, candidates)
+        preset = load_config(args.config).model.heads
+        out.setdefault("model", {})["heads"] = heads_for_classes(
+            args.classes, preset_candidates(preset), preset_over_clusters(preset)
+        )
     for section, values in assignments.items():
         out.setdefault(section, {}).update(values)
     return out

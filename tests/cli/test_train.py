@@ -311,6 +311,7 @@ def test_bad_data_path(tmp_path, kind):
         ("digits", 5, [5] * 16 + [10, 20]),  # the preset's 16 candidates, at the new K
         ("images_cpu", 20, [20] * 6 + [40, 80]),
         ("imagenet", 100, [100] * 6 + [200, 400]),  # one head per size: six candidates
+        ("fashion_mnist_cpu", 7, [7] * 6),  # candidates only: no over-clustering heads added
     ],
 )
 def test_classes_flag_keeps_the_presets_number_of_candidates(preset, k, heads):
