@@ -68,23 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     import torch
 
-    from selfclassifier.data.decode import DataError
-    from selfclassifier.data.sources import build_dataset
-    from selfclassifier.inference import load_run
+    from selfclassifier.errors import SelfClassifierError
+    from selfclassifier.inference import open_scored_run
     from selfclassifier.views.recipe import normalization
 
     try:
-        run = load_run(args.checkpoint, device="cpu")
-        ds = build_dataset(args.data, split=args.split, mode=run.mode)
-    except (DataError, OSError) as e:
+        run, ds, head = open_scored_run(args.checkpoint, args.data, args.split, args.head)
+    except SelfClassifierError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    head = run.default_head if args.head is None else args.head
-    if not 0 <= head < len(run.num_classes):
-        print(
-            f"error: --head {head} out of range: the model has {len(run.num_classes)} heads",
-            file=sys.stderr,
-        )
         return 2
     out = run.extract(ds, batch_size=args.batch_size, keep_pixels=True)
     labels = out.labels.numpy()

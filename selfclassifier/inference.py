@@ -35,6 +35,7 @@ __all__ = [
     "eval_loader",
     "load_run",
     "match_channels",
+    "open_scored_run",
     "run_model",
 ]
 
@@ -249,3 +250,31 @@ def load_run(checkpoint: str | os.PathLike, device: str | torch.device = "auto")
     dev = resolve_device(device, setting="--device")
     model, cfg, ckpt = model_from_checkpoint(checkpoint)
     return LoadedRun(model, cfg, ckpt, dev, checkpoint)
+
+
+def open_scored_run(
+    checkpoint: str | os.PathLike, data: str, split: str = "all", head: int | None = None
+) -> tuple[LoadedRun, Dataset, int]:
+    """What a script that scores one head of a checkpoint on a dataset starts with: the run
+    on the CPU, the dataset ``data`` (a name or folder, :func:`build_dataset`) decoded in the
+    run's mode, and the head to read (``head``, or the selected one when None).
+
+    Raises a :class:`~selfclassifier.errors.SelfClassifierError` whose message is one line
+    for an unreadable checkpoint or dataset and for a head the model does not have.
+    """
+    from selfclassifier.data.sources import build_dataset
+    from selfclassifier.errors import CLIError
+
+    try:
+        run = load_run(checkpoint, device="cpu")
+        ds = build_dataset(data, split=split, mode=run.mode)
+    except OSError as e:
+        raise DataError(f"cannot read {e.filename or checkpoint}: {e.strerror or e}") from e
+    if head is None:
+        return run, ds, run.default_head
+    if not 0 <= head < len(run.num_classes):
+        raise CLIError(
+            f"--head {head} out of range: the model has {len(run.num_classes)} heads"
+            f" (0..{len(run.num_classes) - 1})"
+        )
+    return run, ds, head

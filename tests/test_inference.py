@@ -30,3 +30,25 @@ def test_extract_runs_the_model_at_eval_size(digits_run):
     assert at_8.pixels.shape == (450, 64) and at_12.pixels.shape == (450, 144)
     assert at_12.features.shape == at_8.features.shape
     assert not torch.allclose(at_12.features, at_8.features)
+
+
+def test_open_scored_run_resolves_the_head_and_names_bad_input(digits_run, tmp_path):
+    import pytest
+
+    from selfclassifier.errors import SelfClassifierError
+    from selfclassifier.inference import open_scored_run
+
+    ckpt = digits_run / "checkpoint.pt"
+    run, ds, head = open_scored_run(ckpt, "digits", "test")
+    assert head == run.default_head and len(ds) == 450 and run.device.type == "cpu"
+    assert open_scored_run(ckpt, "digits", "test", head=1)[2] == 1
+    bad = [
+        ((ckpt, "digits", "test", 2), "--head 2 out of range: the model has 2 heads"),
+        ((ckpt, "digits", "test", -1), "--head -1 out of range"),
+        ((tmp_path / "none.pt", "digits"), "none.pt"),
+        ((ckpt, str(tmp_path / "no-such-folder")), "no-such-folder"),
+    ]
+    for args, words in bad:
+        with pytest.raises(SelfClassifierError) as e:
+            open_scored_run(*args)
+        assert words in str(e.value) and "\n" not in str(e.value)
