@@ -32,22 +32,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def view_probabilities(run, ds, head: int, size: int, mirror: bool, batch_size: int):
-    """(probabilities (N, C) of ``head``, labels (N,)) at input side ``size``, optionally of
-    the left-right mirrored images."""
+def view_probabilities(run, ds, head: int, size: int, batch_size: int):
+    """(probabilities (N, C) of ``head`` on the images, on their left-right mirrors, labels
+    (N,)) at input side ``size``: one pass over the data for both."""
     import torch
 
     from selfclassifier.inference import eval_loader, match_channels
 
     aug = dataclasses.replace(run.cfg.augment, eval_size=size)
-    probs, labels = [], []
+    probs, mirrored, labels = [], [], []
     loader = eval_loader(match_channels(ds, run.channels), aug, run.channels, batch_size)
     for images, target in loader:
-        if mirror:
-            images = images.flip(-1)
         probs.append(run.batch_probabilities(images)[head])
+        mirrored.append(run.batch_probabilities(images.flip(-1))[head])
         labels.append(torch.as_tensor(target).long())
-    return torch.cat(probs), torch.cat(labels)
+    return torch.cat(probs), torch.cat(mirrored), torch.cat(labels)
 
 
 def score_views(views: dict[tuple[int, bool], object], labels) -> list[dict]:
@@ -88,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.sizes or [eval_side(run.cfg.augment)]
     views, labels = {}, None
     for size in sizes:
-        for mirror in (False, True):
-            views[(size, mirror)], labels = view_probabilities(
-                run, ds, head, size, mirror, args.batch_size
-            )
+        views[(size, False)], views[(size, True)], labels = view_probabilities(
+            run, ds, head, size, args.batch_size
+        )
     if not (labels >= 0).any():
         print(f"error: dataset {args.data!r} has no labels; give a labelled one", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from selfclassifier.data.arrays import TensorImageDataset
@@ -33,8 +34,6 @@ def test_extract_runs_the_model_at_eval_size(digits_run):
 
 
 def test_open_scored_run_resolves_the_head_and_names_bad_input(digits_run, tmp_path):
-    import pytest
-
     from selfclassifier.errors import SelfClassifierError
     from selfclassifier.inference import open_scored_run
 
