@@ -2,7 +2,8 @@
 
 Every backbone exposes ``out_dim``. ``*_small`` ResNets swap the ImageNet stem (7x7 stride-2
 conv + max-pool) for a 3x3 stride-1 conv, the usual choice for 8-64 px inputs; ``resnet20``
-is the compact CIFAR ResNet of He et al. (2016), fast enough to train on a laptop CPU.
+is the compact CIFAR ResNet of He et al. (2016), fast enough to train on a laptop CPU, and
+``resnet8`` / ``resnet20`` (16-32-64 channels) have ``_wide`` twins at 32-64-128.
 ViTs interpolate their position embeddings so global and local crops of different
 resolutions go through the same network.
 """
@@ -147,6 +148,7 @@ BACKBONES: dict[str, Callable[[int, int], nn.Module]] = {
     **{n: _resnet(n, small=False) for n in ("resnet18", "resnet34", "resnet50", "resnet101")},
     **{f"{n}_small": _resnet(n, small=True) for n in ("resnet18", "resnet34", "resnet50")},
     "resnet8": lambda c, s: CifarResNet(8, 16, c),
+    "resnet8_wide": lambda c, s: CifarResNet(8, 32, c),
     "resnet14": lambda c, s: CifarResNet(14, 16, c),
     "resnet20": lambda c, s: CifarResNet(20, 16, c),
     "resnet20_wide": lambda c, s: CifarResNet(20, 32, c),

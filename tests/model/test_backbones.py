@@ -22,6 +22,17 @@ def test_backbones_shapes(name, size, channels):
     assert out.shape == (2, net.out_dim)
 
 
+@pytest.mark.parametrize("depth", [8, 20])
+def test_wide_cifar_resnets_double_every_stage(depth):
+    narrow = build_backbone(f"resnet{depth}", 1, 16)
+    wide = build_backbone(f"resnet{depth}_wide", 1, 16)
+    assert (narrow.out_dim, wide.out_dim) == (64, 128)
+    convs = [m for m in narrow.modules() if isinstance(m, torch.nn.Conv2d)]
+    wide_convs = [m for m in wide.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [2 * c.out_channels for c in convs] == [c.out_channels for c in wide_convs]
+    assert wide.eval()(torch.randn(2, 1, 16, 16)).shape == (2, 128)
+
+
 def test_vit_takes_local_crops_of_another_resolution():
     net = build_backbone("vit_tiny_patch4", 3, 16).eval()
     assert net(torch.randn(2, 3, 8, 8)).shape == (2, 192)
