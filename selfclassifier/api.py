@@ -66,7 +66,8 @@ class Predictor(LoadedRun):
 
     @property
     def image_size(self) -> int:
-        """Side of the square model input (``augment.eval_size``, or ``global_size`` when 0)."""
+        """Side of the square model input (``augment.eval_size``; when 0, the side training ended
+        at: ``final_size``, else ``global_size``)."""
         return eval_side(self.cfg.augment)
 
     @property

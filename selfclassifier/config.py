@@ -146,6 +146,14 @@ class AugmentConfig:
         "Touvron et al. 2019; Fashion-MNIST: docs/RESULTS.md). Not in the paper.",
     )
     global_scale: list[float] = _f([0.4, 1.0], "Area range of global crops, fraction of image.")
+    final_size: int = _f(
+        0,
+        "Side of the global crops in the last final_epochs epochs; 0 = global_size throughout. "
+        "Progressive resizing (small, cheap crops while the classes form, larger ones to "
+        "refine them; Touvron et al. 2019, Tan & Le 2021). eval_size 0 then means final_size. "
+        "Not in the paper.",
+    )
+    final_epochs: int = _f(0, "How many of the last epochs use final_size (0 with final_size 0).")
     local_crops: int = _f(6, "Number of local crops (0 disables multi-crop).")
     local_size: int = _f(96, "Side of local crops in pixels.")
     local_scale: list[float] = _f([0.05, 0.4], "Area range of local crops, fraction of image.")

@@ -73,6 +73,20 @@ def validate(cfg: Config) -> None:
         "the un-augmented image beside the global crops, so it must match augment.global_size; "
         "set augment.eval_size=0",
     )
+    _check(
+        a.final_size >= 0 and a.final_epochs >= 0 and (a.final_size > 0) == (a.final_epochs > 0),
+        f"augment.final_size {a.final_size} and augment.final_epochs {a.final_epochs}: set both "
+        "(larger global crops for the last final_epochs epochs) or neither (0 and 0)",
+    )
+    _check(
+        a.final_epochs <= t.epochs,
+        f"augment.final_epochs {a.final_epochs} exceeds train.epochs {t.epochs}; lower it",
+    )
+    _check(
+        not (m.freeze_backbone and a.final_size),
+        "augment.final_size with model.freeze_backbone: cached features come from one crop "
+        "side; set augment.final_size=0 and augment.final_epochs=0",
+    )
     _check_scale("augment.global_scale", a.global_scale)
     _check_scale("augment.local_scale", a.local_scale)
     _check_scale("augment.erase_scale", a.erase_scale)

@@ -63,6 +63,16 @@ def test_round_trip_through_yaml_and_dict():
             {"augment": {"eval_size": 20}, "model": {"freeze_backbone": True}},
             "augment.eval_size 20 with model.freeze_backbone",
         ),
+        ({"augment": {"final_size": 12}}, "augment.final_size 12 and augment.final_epochs 0"),
+        ({"augment": {"final_epochs": 2}}, "augment.final_size 0 and augment.final_epochs 2"),
+        (
+            {"augment": {"final_size": 12, "final_epochs": 9}, "train": {"epochs": 8}},
+            "augment.final_epochs 9 exceeds train.epochs 8",
+        ),
+        (
+            {"augment": {"final_size": 12, "final_epochs": 1}, "model": {"freeze_backbone": True}},
+            "augment.final_size with model.freeze_backbone",
+        ),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(override, fragment):

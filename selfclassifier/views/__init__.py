@@ -17,6 +17,7 @@ from selfclassifier.views.order import epoch_order, local_batches
 from selfclassifier.views.recipe import (
     ClassicMultiCrop,
     ViewSpec,
+    augment_at,
     eval_side,
     eval_transform,
     normalization,
@@ -32,6 +33,7 @@ __all__ = [
     "MultiCropCutter",
     "ViewSource",
     "ViewSpec",
+    "augment_at",
     "compute_dtype",
     "epoch_order",
     "eval_side",

@@ -11,6 +11,7 @@ workers (the paper's pipeline); ``crops.py`` and ``batched.py`` run the same rec
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -160,8 +161,17 @@ class ClassicMultiCrop:
 
 
 def eval_side(cfg: AugmentConfig) -> int:
-    """Side of the evaluation input: ``eval_size``, or ``global_size`` when it is 0."""
-    return cfg.eval_size or cfg.global_size
+    """Side of the evaluation input: ``eval_size``, or when it is 0 the side training ended at
+    (``final_size``, else ``global_size``)."""
+    return cfg.eval_size or cfg.final_size or cfg.global_size
+
+
+def augment_at(cfg: AugmentConfig, epochs: int, epoch: int) -> AugmentConfig:
+    """The view recipe of ``epoch`` in a run of ``epochs``: ``cfg`` itself, or in the last
+    ``final_epochs`` a copy whose global crops are ``final_size`` px."""
+    if cfg.final_size and epoch >= epochs - cfg.final_epochs:
+        return dataclasses.replace(cfg, global_size=cfg.final_size)
+    return cfg
 
 
 def eval_transform(cfg: AugmentConfig, channels: int, from_files: bool) -> v2.Compose:

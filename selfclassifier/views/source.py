@@ -22,6 +22,7 @@ from selfclassifier.views import (
     BatchedPhotometric,
     ClassicMultiCrop,
     MultiCropCutter,
+    augment_at,
     compute_dtype,
 )
 from selfclassifier.views.order import local_batches, step_generator
@@ -82,32 +83,47 @@ class ViewSource:
     """
 
     def __init__(self, ds: Dataset, cfg: Config, channels: int, device: torch.device):
-        self.ds, self.cfg, self.device = ds, cfg, device
+        self.ds, self.cfg, self.channels, self.device = ds, cfg, channels, device
         pipeline = cfg.augment.pipeline
         self.in_memory = isinstance(ds, TensorImageDataset)
         if pipeline == "auto":
             pipeline = "fast" if self.in_memory or device.type == "cuda" else "classic"
         self.pipeline = pipeline
         self.device_stage: BatchedPhotometric | None = None
+        self._loader: DataLoader | None = None
+        self._stream = None  # the loader's iterator, positioned at self._position
+        self._position = (0, 0)
         if self.in_memory:
             # The whole (small) dataset lives on the device; batches are index lookups.
             self.images = ds.images.to(device)
-            self.batched = BatchedMultiCrop(cfg.augment, channels)
+        self._size = 0  # the global crop side the engine below was built for
+        self._use(0)
+
+    def _use(self, epoch: int) -> None:
+        """Build the view engine for ``epoch``'s recipe, unless the one in use already is:
+        only ``augment.final_size`` changes it, once, for the last ``final_epochs``."""
+        aug = augment_at(self.cfg.augment, self.cfg.train.epochs, epoch)
+        if aug.global_size == self._size:
             return
-        if pipeline == "fast":
-            views = _CroppedViews(ds, MultiCropCutter(cfg.augment, channels), cfg.train.seed)
-            dtype = compute_dtype(cfg.augment.compute_dtype, device)
-            stage = BatchedPhotometric(cfg.augment, channels, dtype)
+        self._size = aug.global_size
+        if self.in_memory:
+            self.batched = BatchedMultiCrop(aug, self.channels)
+            return
+        self.close()  # the old engine's workers, if any
+        cfg, device = self.cfg, self.device
+        if self.pipeline == "fast":
+            views = _CroppedViews(self.ds, MultiCropCutter(aug, self.channels), cfg.train.seed)
+            dtype = compute_dtype(aug.compute_dtype, device)
+            stage = BatchedPhotometric(aug, self.channels, dtype)
             on_cpu = device.type == "cpu"
             rows_of = _RowsOf(dist.rank(), cfg.train.batch_size)
             collate = _CollateCrops(stage if on_cpu else None, cfg.train.seed, rows_of)
             self.device_stage = None if on_cpu else stage
         else:
-            views = _ClassicViews(ds, ClassicMultiCrop(cfg.augment, channels), cfg.train.seed)
+            views = _ClassicViews(self.ds, ClassicMultiCrop(aug, self.channels), cfg.train.seed)
             collate = _collate_views
         self._sampler = _EpochBatches(self.batches)
-        self._stream = None  # the loader's iterator, positioned at self._position
-        self._position = (0, 0)
+        self._stream, self._position = None, (0, 0)
         self._loader = DataLoader(
             views,
             batch_sampler=self._sampler,
@@ -126,7 +142,7 @@ class ViewSource:
 
     def close(self) -> None:
         """Stop the loader's workers (they otherwise prefetch until the process ends)."""
-        if not self.in_memory:
+        if self._loader is not None:
             # Persistent workers live in the loader's iterator. Shut them down explicitly: a
             # reference to the iterator held elsewhere (a traceback's frame) would otherwise
             # keep them, and they ignore SIGTERM.
@@ -155,6 +171,7 @@ class ViewSource:
         steps = self.steps_per_epoch()
         if start_step >= steps:
             return
+        self._use(epoch)
         if self.in_memory:
             # One upload of the epoch's indices: a host tensor copied per step would block.
             order = torch.stack(self.batches(epoch)[start_step:])

@@ -87,6 +87,24 @@ def test_digits_in_memory_run_writes_config_and_checkpoint(tmp_path):
     assert ckpt["data"]["channels"] == 1 and ckpt["queue"]["count"].item() == 1200
 
 
+def test_a_run_with_final_size_trains_on_both_sides_and_evaluates_at_the_last(tmp_path):
+    """Digits' 8 px crops, then 12 px crops for the last epoch: the run logs the larger
+    views' step, and the model it writes takes 12 px inputs (eval_size 0 = final_size)."""
+    out = tmp_path / "grow"
+    code, _, err = run_cli(
+        "train", "--out", out, "--epochs", "2", "--batch-size", "600", *TINY, *heads(4, 6),
+        "--set", "augment.final_size=12", "--set", "augment.final_epochs=1",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "eval.json").read_text())["heads"][0]["nmi"] >= 0
+    import selfclassifier
+
+    model = selfclassifier.load(out / "checkpoint.pt", device="cpu")
+    assert model.image_size == 12
+    saved = yaml.safe_load((out / "config.yaml").read_text())["augment"]
+    assert (saved["global_size"], saved["final_size"], saved["final_epochs"]) == (8, 12, 1)
+
+
 def test_digits_preset_as_shipped_selects_one_of_its_per_head_candidates(tmp_path):
     """What `make demo` runs (every model key as shipped: 16 candidates with a projection
     each), shortened to two epochs on digits' test split."""

@@ -152,3 +152,53 @@ def test_a_process_with_live_loader_workers_still_exits(left_open, how):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert out.strip() == "left open"
+
+
+# ----------------------------------------------------------------------------- final_size
+
+
+def _in_memory(n: int = 16):
+    from selfclassifier.data.arrays import TensorImageDataset
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+    return TensorImageDataset(images, torch.zeros(n, dtype=torch.long), ["a"])
+
+
+@pytest.mark.parametrize("kind", ["in_memory", "fast", "classic"])
+def test_final_size_cuts_larger_global_crops_in_the_last_epochs_only(jpeg_folder, kind):
+    """Epochs 0-1 of 3 cut 16 px global crops, epoch 2 cuts 24 px ones; local crops keep their
+    side; an earlier epoch revisited (a resume) gets its own side and views back."""
+    schedule = {"global_size": 16, "final_size": 24, "final_epochs": 1}
+    if kind == "in_memory":
+        ds, channels = _in_memory(), 1
+        cfg = small_views_config(augment=schedule, train={"epochs": 3})
+    else:
+        ds, channels = build_dataset(str(jpeg_folder)), 3
+        cfg = small_views_config(
+            jpeg_folder, augment={**schedule, "pipeline": kind}, train={"epochs": 3}
+        )
+    source = ViewSource(ds, cfg, channels, torch.device("cpu"))
+    sides = {e: [tuple(v.shape[-2:]) for v in list(source.epoch(e))[0]] for e in (1, 2)}
+    first = list(source.epoch(1))
+    source.close()
+    assert sides[1] == [(16, 16)] * 2 + [(8, 8)] * 2
+    assert sides[2] == [(24, 24)] * 2 + [(8, 8)] * 2
+    fresh = ViewSource(ds, cfg, channels, torch.device("cpu"))
+    again = list(fresh.epoch(1))  # a fresh source, as after a resume
+    fresh.close()
+    assert all(torch.equal(a, b) for a, b in zip(first[0], again[0], strict=True))
+
+
+def test_eval_side_and_the_recipe_of_each_epoch():
+    from selfclassifier.config import AugmentConfig
+    from selfclassifier.views import augment_at, eval_side
+
+    aug = AugmentConfig(global_size=16, final_size=20, final_epochs=2)
+    assert [augment_at(aug, 5, e).global_size for e in range(5)] == [16, 16, 16, 20, 20]
+    assert augment_at(aug, 5, 4).final_size == 20 and aug.global_size == 16  # a copy
+    assert eval_side(aug) == 20  # eval_size 0: the side training ended at
+    aug.eval_size = 24
+    assert eval_side(aug) == 24
+    plain = AugmentConfig(global_size=16)
+    assert augment_at(plain, 5, 4) is plain and eval_side(plain) == 16
