@@ -88,8 +88,9 @@ def test_digits_in_memory_run_writes_config_and_checkpoint(tmp_path):
 
 
 def test_a_run_with_final_size_trains_on_both_sides_and_evaluates_at_the_last(tmp_path):
-    """Digits' 8 px crops, then 12 px crops for the last epoch: the run logs the larger
-    views' step, and the model it writes takes 12 px inputs (eval_size 0 = final_size)."""
+    """Digits' 8 px crops, then 12 px crops for the last epoch (the views' sides per epoch are
+    checked in views/test_source.py): the run completes, records the schedule, and the model it
+    writes takes 12 px inputs (eval_size 0 = final_size)."""
     out = tmp_path / "grow"
     code, _, err = run_cli(
         "train", "--out", out, "--epochs", "2", "--batch-size", "600", *TINY, *heads(4, 6),
