@@ -22,14 +22,10 @@ import numpy as np
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint")
-    p.add_argument("--data", required=True, help="labelled dataset: name or folder")
-    p.add_argument("--split", default="all")
-    p.add_argument("--head", type=int, help="head to read (default: the selected one)")
+    from selfclassifier.inference import scored_run_parser
+
+    p = scored_run_parser(__doc__.splitlines()[0], "head to read")
     p.add_argument("--min-share", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--format", choices=["markdown", "json"], default="markdown")
     return p.parse_args(argv)
 
 

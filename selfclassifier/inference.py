@@ -36,6 +36,7 @@ __all__ = [
     "load_run",
     "match_channels",
     "open_scored_run",
+    "scored_run_parser",
     "run_model",
 ]
 
@@ -250,6 +251,22 @@ def load_run(checkpoint: str | os.PathLike, device: str | torch.device = "auto")
     dev = resolve_device(device, setting="--device")
     model, cfg, ckpt = model_from_checkpoint(checkpoint)
     return LoadedRun(model, cfg, ckpt, dev, checkpoint)
+
+
+def scored_run_parser(description: str, head_help: str):
+    """An argument parser with the options every script that scores one head of a checkpoint
+    on a labelled dataset takes (checkpoint, ``--data``, ``--split``, ``--head``,
+    ``--batch-size``, ``--format``); the script adds its own."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="labelled dataset: name or folder")
+    p.add_argument("--split", default="all")
+    p.add_argument("--head", type=int, help=f"{head_help} (default: the selected one)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    return p
 
 
 def open_scored_run(

@@ -3,7 +3,9 @@
 Every backbone exposes ``out_dim``. ``*_small`` ResNets swap the ImageNet stem (7x7 stride-2
 conv + max-pool) for a 3x3 stride-1 conv, the usual choice for 8-64 px inputs; ``resnet20``
 is the compact CIFAR ResNet of He et al. (2016), fast enough to train on a laptop CPU, and
-``resnet8`` / ``resnet20`` (16-32-64 channels) have ``_wide`` twins at 32-64-128.
+``resnet8`` / ``resnet20`` (16-32-64 channels) have ``_wide`` twins at 32-64-128, and the
+``_s2`` ResNet-8s a stride-2 stem: 28 px crops then cost what 14 px crops cost at stride 1, but
+the first conv still sees every input pixel.
 ViTs interpolate their position embeddings so global and local crops of different
 resolutions go through the same network.
 """
@@ -62,13 +64,17 @@ class _BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for small images: three stages of n basic blocks, widths w, 2w, 4w."""
 
-    def __init__(self, depth: int = 20, width: int = 16, in_channels: int = 3):
+    def __init__(
+        self, depth: int = 20, width: int = 16, in_channels: int = 3, stem_stride: int = 1
+    ):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
         )
         layers, cin = [], width
         for stage, cout in enumerate([width, 2 * width, 4 * width]):
@@ -149,6 +155,8 @@ BACKBONES: dict[str, Callable[[int, int], nn.Module]] = {
     **{f"{n}_small": _resnet(n, small=True) for n in ("resnet18", "resnet34", "resnet50")},
     "resnet8": lambda c, s: CifarResNet(8, 16, c),
     "resnet8_wide": lambda c, s: CifarResNet(8, 32, c),
+    "resnet8_s2": lambda c, s: CifarResNet(8, 16, c, stem_stride=2),
+    "resnet8_wide_s2": lambda c, s: CifarResNet(8, 32, c, stem_stride=2),
     "resnet14": lambda c, s: CifarResNet(14, 16, c),
     "resnet20": lambda c, s: CifarResNet(20, 16, c),
     "resnet20_wide": lambda c, s: CifarResNet(20, 32, c),

@@ -59,3 +59,17 @@ def test_activation_checkpointing_keeps_outputs_gradients_and_names(name, size):
     out_b.square().sum().backward()
     for (n, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet8_wide"])
+def test_stride2_stem_reads_every_pixel_and_halves_the_maps(name):
+    torch.manual_seed(0)
+    plain = build_backbone(name, 1, 28).eval()
+    s2 = build_backbone(f"{name}_s2", 1, 28).eval()
+    s2.load_state_dict(plain.state_dict())  # the same weights: only the stem's stride differs
+    x = torch.randn(3, 1, 28, 28)
+    stem = s2.stem(x)
+    assert stem.shape[-2:] == (14, 14)
+    # a stride-2 conv is the stride-1 conv sampled at every other output position
+    torch.testing.assert_close(stem, plain.stem(x)[..., ::2, ::2])
+    assert s2(x).shape == (3, s2.out_dim) == (3, plain.out_dim)
