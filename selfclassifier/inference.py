@@ -36,8 +36,8 @@ __all__ = [
     "load_run",
     "match_channels",
     "open_scored_run",
-    "scored_run_parser",
     "run_model",
+    "scored_run_parser",
 ]
 
 
