@@ -64,15 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     import torch
 
-    from selfclassifier.errors import SelfClassifierError
-    from selfclassifier.inference import open_scored_run
+    from selfclassifier.inference import open_scored_args
     from selfclassifier.views.recipe import normalization
 
-    try:
-        run, ds, head = open_scored_run(args.checkpoint, args.data, args.split, args.head)
-    except SelfClassifierError as e:
-        print(f"error: {e}", file=sys.stderr)
+    opened = open_scored_args(args)
+    if opened is None:
         return 2
+    run, ds, head = opened
     out = run.extract(ds, batch_size=args.batch_size, keep_pixels=True)
     labels = out.labels.numpy()
     if not (labels >= 0).any():

@@ -66,15 +66,13 @@ def score_views(views: dict[tuple[int, bool], object], labels) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    from selfclassifier.errors import SelfClassifierError
-    from selfclassifier.inference import open_scored_run
+    from selfclassifier.inference import open_scored_args
     from selfclassifier.views.recipe import eval_side
 
-    try:
-        run, ds, head = open_scored_run(args.checkpoint, args.data, args.split, args.head)
-    except SelfClassifierError as e:
-        print(f"error: {e}", file=sys.stderr)
+    opened = open_scored_args(args)
+    if opened is None:
         return 2
+    run, ds, head = opened
     bad = [s for s in args.sizes or [] if s < 8]
     if bad:
         message = f"--sizes {bad[0]} is too small: give input sides of 8 px or more"

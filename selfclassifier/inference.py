@@ -35,6 +35,7 @@ __all__ = [
     "eval_loader",
     "load_run",
     "match_channels",
+    "open_scored_args",
     "open_scored_run",
     "run_model",
     "scored_run_parser",
@@ -295,3 +296,17 @@ def open_scored_run(
             f" (0..{len(run.num_classes) - 1})"
         )
     return run, ds, head
+
+
+def open_scored_args(args) -> tuple[LoadedRun, Dataset, int] | None:
+    """:func:`open_scored_run` for the namespace a :func:`scored_run_parser` parsed, as a
+    script's ``main`` wants it: None after printing the one-line error to stderr."""
+    import sys
+
+    from selfclassifier.errors import SelfClassifierError
+
+    try:
+        return open_scored_run(args.checkpoint, args.data, args.split, args.head)
+    except SelfClassifierError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
